@@ -1,0 +1,50 @@
+# Two commands on a fresh machine (Python >= 3.11 and make): `make dev` runs the service with
+# its Bakkt sandbox, `make test` runs the tests. Both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install dev serve sandbox migrate test lint typecheck check fault bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/fiat-onramp dev
+
+serve: $(STAMP)
+	$(BIN)/fiat-onramp serve
+
+sandbox: $(STAMP)
+	$(BIN)/fiat-onramp sandbox
+
+migrate: $(STAMP)
+	$(BIN)/fiat-onramp migrate
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy app bakkt_sandbox
+
+check: lint typecheck test
+
+fault: $(STAMP)
+	$(BIN)/python -m pytest -q -m fault tests/fault
+
+bench: $(STAMP)
+	$(BIN)/fiat-onramp bench
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
