@@ -1,0 +1,326 @@
+"""Bakkt's wire format: the only module that knows Bakkt's JSON field names.
+
+Parse leniently (both spellings where sources disagree, unknown enum values kept raw and logged,
+extra fields ignored); emit exactly the documented shapes. Shapes not published by Bakkt follow
+shared/bakkt/DECISIONS.md, section named beside each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from app.bakkt.errors import FieldError
+from app.bakkt.types import (
+    BakktTransaction,
+    Balance,
+    LinkUrl,
+    TransactionKind,
+    TransactionStatus,
+    TransferRequest,
+    WireInstructions,
+)
+
+log = logging.getLogger("app.bakkt")
+
+E = TypeVar("E", bound=StrEnum)
+
+# Values Bakkt may echo back in error details that must never reach a log or an exception text.
+_SENSITIVE_FIELDS = frozenset(
+    name.lower()
+    for name in (
+        "accountNumber",
+        "wireAccountNumber",
+        "processorToken",
+        "routingNumber",
+        "wireRoutingNumber",
+        "accessToken",
+        "clientSecret",
+    )
+)
+
+
+class BadShape(ValueError):
+    """A Bakkt body that lacks what we need or carries the wrong types."""
+
+
+def loads(raw: bytes) -> Any:
+    # Decimal, never float: amounts must survive parsing exactly.
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadShape(f"not JSON: {exc}") from None
+
+
+def dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _pick(obj: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        value = obj.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def text(obj: Mapping[str, Any], *names: str) -> str:
+    value = _pick(obj, *names)
+    if not isinstance(value, str) or not value:
+        raise BadShape(f"{names[0]} missing or not a string")
+    return value
+
+
+def opt_text(obj: Mapping[str, Any], *names: str) -> str | None:
+    value = _pick(obj, *names)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise BadShape(f"{names[0]} is not a string")
+    return str(value)
+
+
+def decimal(obj: Mapping[str, Any], *names: str) -> Decimal:
+    value = _pick(obj, *names)
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise BadShape(f"{names[0]} missing or not a number")
+    try:
+        result = Decimal(value)
+    except InvalidOperation:
+        raise BadShape(f"{names[0]} is not a number") from None
+    if not result.is_finite():
+        raise BadShape(f"{names[0]} is not a finite number")
+    return result
+
+
+def parse_time(value: Any, name: str) -> datetime:
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadShape(f"{name} is not an ISO-8601 time") from None
+    elif isinstance(value, int | Decimal) and not isinstance(value, bool):
+        # CONTRACT.md §1 mentions epoch times; milliseconds when the number is too big for seconds.
+        seconds = float(value) / 1000 if value > 10**11 else float(value)
+        parsed = datetime.fromtimestamp(seconds, tz=UTC)
+    else:
+        raise BadShape(f"{name} missing or not a time")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def time(obj: Mapping[str, Any], *names: str) -> datetime:
+    return parse_time(_pick(obj, *names), names[0])
+
+
+def opt_time(obj: Mapping[str, Any], *names: str) -> datetime | None:
+    value = _pick(obj, *names)
+    return None if value is None else parse_time(value, names[0])
+
+
+def enum_or_raw(cls: type[E], value: Any, name: str) -> E | str:
+    if not isinstance(value, str) or not value:
+        raise BadShape(f"{name} missing or not a string")
+    try:
+        return cls(value)
+    except ValueError:
+        log.warning("unknown Bakkt %s value %r kept as is", name, value)
+        return value
+
+
+def mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BadShape(f"{what} is not a JSON object")
+    return value
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def token(body: Any) -> tuple[str, float | None]:
+    """(access token, lifetime in seconds if stated). CONTRACT.md §2.1 and DECISIONS.md A1."""
+    obj = mapping(body, "token response")
+    access = text(obj, "accessToken", "access_token")
+    raw_expiry = _pick(obj, "expiresIn", "expires_in")
+    if raw_expiry is None:
+        return access, None
+    try:
+        return access, float(raw_expiry)
+    except (TypeError, ValueError):
+        raise BadShape("expiresIn is not a number of seconds") from None
+
+
+def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
+    # The whole object is assumed: shared/bakkt/DECISIONS.md A5. The request spelling
+    # `fiatTransactType` and `instrumentType` are accepted for the kind because CONTRACT.md §4.4
+    # leaves open which field carries it.
+    return BakktTransaction(
+        transaction_ref=text(obj, "partnerTransactionRef"),
+        related_transaction_ref=opt_text(obj, "relatedPartnerTransactionRef"),
+        party_ref=text(obj, "partnerPartyRef"),
+        kind=enum_or_raw(
+            TransactionKind,
+            _pick(obj, "fiatTransactionType", "fiatTransactType", "instrumentType"),
+            "fiatTransactionType",
+        ),
+        status=enum_or_raw(TransactionStatus, obj.get("transactionStatus"), "transactionStatus"),
+        amount=decimal(obj, "amount"),
+        currency=opt_text(obj, "currency") or "USD",
+        reason_code=opt_text(obj, "reasonCode"),
+        reason_description=opt_text(obj, "reasonDescription"),
+        created_at=time(obj, "createdAt"),
+        updated_at=time(obj, "updatedAt"),
+    )
+
+
+def transaction_page(body: Any) -> tuple[list[BakktTransaction], str | None]:
+    # shared/bakkt/DECISIONS.md A4.
+    obj = mapping(body, "transaction page")
+    items = obj.get("transactions")
+    if not isinstance(items, list):
+        raise BadShape("transactions is not a list")
+    return [transaction(mapping(item, "transaction")) for item in items], opt_text(
+        obj, "nextPageToken"
+    )
+
+
+def link_url(body: Any) -> LinkUrl:
+    # shared/bakkt/DECISIONS.md A2.
+    obj = mapping(body, "link URL response")
+    return LinkUrl(url=text(obj, "linkUrl", "linkURL"), expires_at=time(obj, "expiresAt"))
+
+
+def balance(body: Any, currency: str) -> Balance:
+    # Documented as an array of per-currency rows (CONTRACT.md §2.10); a single object is taken too.
+    rows = body if isinstance(body, list) else [mapping(body, "balance")]
+    for row in rows:
+        row = mapping(row, "balance row")
+        if (opt_text(row, "currency") or "USD") == currency:
+            return Balance(
+                currency=currency,
+                settled=decimal(row, "settledAmount"),
+                unsettled=decimal(row, "unsettledAmount"),
+            )
+    # No row for the currency: Bakkt holds nothing for the party in it.
+    return Balance(currency=currency, settled=Decimal(0), unsettled=Decimal(0))
+
+
+def wire_instructions(body: Any) -> WireInstructions:
+    obj = mapping(body, "wire instructions")
+    return WireInstructions(
+        reference_number=text(obj, "wireReferenceNumber"),
+        routing_number=text(obj, "wireRoutingNumber"),
+        account_number=text(obj, "wireAccountNumber"),
+        swift_code=text(obj, "wireSwiftCode"),
+        bank_name=text(obj, "wireBankName"),
+        bank_address=text(obj, "wireBankAddress"),
+        beneficiary_name=text(obj, "wireBeneficiaryName"),
+        beneficiary_address=text(obj, "wireBeneficiaryAddress"),
+    )
+
+
+def heartbeat(body: Any) -> str:
+    return text(mapping(body, "heartbeat response"), "result")
+
+
+class ApiError:
+    """A `PublicApiError` body (CONTRACT.md §5.1), read as far as it can be."""
+
+    __slots__ = ("bakkt_type", "description", "detail", "details", "original")
+
+    def __init__(self, body: Any) -> None:
+        obj: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
+        self.bakkt_type = _str_or_none(obj.get("type"))
+        self.description = _str_or_none(obj.get("description"))
+        self.detail = _str_or_none(obj.get("detail"))
+        raw_details = obj.get("details")
+        self.details = tuple(
+            _field_error(item)
+            for item in (raw_details if isinstance(raw_details, list) else [])
+            if isinstance(item, Mapping)
+        )
+        # shared/bakkt/DECISIONS.md A7: a 409 carries {"status": int, "body": any}.
+        original = obj.get("originalResponse")
+        self.original: tuple[int, Any] | None = None
+        if isinstance(original, Mapping):
+            status = original.get("status")
+            if isinstance(status, int) and not isinstance(status, bool):
+                self.original = (status, original.get("body"))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _field_error(item: Mapping[str, Any]) -> FieldError:
+    field_name = _str_or_none(item.get("field"))
+    rejected = item.get("rejectedValue")
+    if field_name and field_name.lower() in _SENSITIVE_FIELDS and rejected is not None:
+        rejected = "***"
+    if isinstance(rejected, Decimal):
+        rejected = str(rejected)
+    return FieldError(
+        type=_str_or_none(item.get("type")),
+        description=_str_or_none(item.get("description")),
+        field=field_name,
+        rejected_value=rejected,
+    )
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def transfer_body(req: TransferRequest) -> dict[str, Any]:
+    # Exact for amounts with at most 2 places: the shortest float repr round-trips to them.
+    amount = float(req.amount)
+    if Decimal(repr(amount)) != req.amount:
+        raise ValueError("amount has too many digits to send exactly")
+    body: dict[str, Any] = {
+        "partnerTransactionRef": req.transaction_ref,
+        "idempotencyKey": req.idempotency_key,
+        "fiatTransactType": req.direction.value,
+        "instrumentType": req.method.value,
+        "amount": amount,
+        "currency": req.currency,
+    }
+    if req.wire is not None:
+        details = {
+            "wireRoutingNumber": req.wire.routing_number,
+            "wireAccountNumber": req.wire.account_number,
+            "wireBankName": req.wire.bank_name,
+            "wireBankAddress": req.wire.bank_address,
+            "wireSwiftCode": req.wire.swift_code,
+        }
+        body["wireWithdrawDetails"] = {k: v for k, v in details.items() if v is not None}
+    return body
+
+
+def link_url_body(link_ref: str, redirect_uri: str | None) -> dict[str, Any]:
+    return {"partnerTransactionRef": link_ref, "redirectUri": redirect_uri}
+
+
+def plaid_link_body(link_ref: str, processor_token: str) -> dict[str, Any]:
+    return {"processorToken": processor_token, "partnerTransactionRef": link_ref}
+
+
+def ach_link_body(
+    link_ref: str, account_number: str, routing_number: str, account_type: str
+) -> dict[str, Any]:
+    return {
+        "accountNumber": account_number,
+        "routingNumber": routing_number,
+        "accountType": account_type,
+        "partnerTransactionRef": link_ref,
+    }
+
+
+def unlink_body(link_ref: str, instrument: str) -> dict[str, Any]:
+    return {"instrumentType": instrument, "partnerTransactionRef": link_ref}
+
+
+def heartbeat_body(request_id: str) -> dict[str, Any]:
+    return {"requestId": request_id}

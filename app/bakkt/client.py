@@ -1,0 +1,566 @@
+"""The Bakkt client: the one object in the service that talks to Bakkt.
+
+One instance per process, around one long-lived `httpx.AsyncClient`. Every call carries the
+current request's id as `x-tracking-id`. Retries happen only where a repeat cannot do harm; the
+rules are in docs/bakkt-client.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+import jwt
+
+from app.bakkt import _wire as wire
+from app.bakkt.config import BakktConfig
+from app.bakkt.errors import (
+    BakktAuthFailed,
+    BakktError,
+    BakktOutcomeUnknown,
+    BakktRateLimited,
+    BakktRejected,
+    BakktUnavailable,
+)
+from app.bakkt.transport import TRANSPORT_ERRORS, build_http_client, classify
+from app.bakkt.types import (
+    BakktTransaction,
+    Balance,
+    Instrument,
+    LinkUrl,
+    TransactionStatus,
+    TransferRequest,
+    WireInstructions,
+)
+from app.core.context import current_request_id
+
+log = logging.getLogger("app.bakkt")
+
+T = TypeVar("T")
+
+_PREFIX = "/partner/v1"
+_JSON = "application/json;charset=UTF-8"
+# Rejections that, after a resent unlink, mean an earlier attempt already did the work.
+_NOTHING_LINKED = frozenset(
+    {"BANK_ACCOUNT_NOT_FOUND", "LINKED_BANK_ACCOUNT_NOT_FOUND", "PLAID_ACCOUNT_NOT_FOUND"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """How one kind of call may be repeated."""
+
+    name: str
+    # Safe to send again after an attempt that may have reached Bakkt (a timeout, a dropped
+    # connection, a 5xx).
+    resend_after_maybe_sent: bool
+    # A failure after an attempt that may have reached Bakkt ends as BakktOutcomeUnknown
+    # (the call changes state at Bakkt) rather than BakktUnavailable.
+    changes_state: bool
+    single_attempt: bool = False
+
+
+_READ = _Policy("read", resend_after_maybe_sent=True, changes_state=False)
+_HEARTBEAT = _Policy(
+    "heartbeat", resend_after_maybe_sent=False, changes_state=False, single_attempt=True
+)
+# Resent with the same idempotency key (transfer) or naturally idempotent (unlink).
+_IDEMPOTENT_WRITE = _Policy("idempotent write", resend_after_maybe_sent=True, changes_state=True)
+# Links carry no idempotency key: a second send could link twice, so they are resent only when
+# the first provably never left.
+_ONCE_WRITE = _Policy("write", resend_after_maybe_sent=False, changes_state=True)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    response: httpx.Response
+    # An earlier attempt of this call may have reached Bakkt before this response came.
+    resent: bool
+
+    def body(self) -> Any:
+        return wire.loads(self.response.content) if self.response.content else None
+
+
+class _TokenCache:
+    """Bearer token, cached, renewed a margin before expiry, fetched by one caller at a time."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[tuple[str, float | None]]],
+        margin: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._fetch = fetch
+        self._margin = margin
+        self._clock = clock
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._inflight: asyncio.Task[str] | None = None
+
+    async def get(self) -> str:
+        if self._token is not None and self._clock() < self._renew_at:
+            return self._token
+        task = self._inflight
+        if task is None:
+            task = self._inflight = asyncio.create_task(self._refresh())
+            task.add_done_callback(self._settled)
+        # Shielded: a caller giving up must not cancel the fetch the others are waiting on.
+        return await asyncio.shield(task)
+
+    def invalidate(self, stale: str) -> None:
+        # Only the token that was refused: 50 callers hitting the same 401 cause one refresh.
+        if self._token == stale:
+            self._token = None
+
+    async def _refresh(self) -> str:
+        started = self._clock()
+        token, lifetime = await self._fetch()
+        if lifetime is None:
+            lifetime = _jwt_lifetime(token)
+        self._token = token
+        self._renew_at = started + lifetime - min(self._margin, lifetime / 2)
+        return token
+
+    def _settled(self, task: asyncio.Task[str]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved here so a failure nobody awaited is not reported twice
+
+
+def _jwt_lifetime(token: str) -> float:
+    """Seconds left on a JWT by its own `exp`, for a token response without `expiresIn`."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return max(float(claims["exp"]) - time.time(), 0.0)
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        log.warning("bakkt token has neither expiresIn nor a readable exp; renewing in 60 s")
+        return 60.0
+
+
+class BakktClient:
+    def __init__(
+        self,
+        config: BakktConfig,
+        *,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._config = config
+        self._http = http if http is not None else build_http_client(config)
+        self._sleep = sleep
+        self._rng = random.SystemRandom()
+        self._tokens = _TokenCache(self._fetch_token, config.token_refresh_margin, clock)
+        self._party_root = f"{_PREFIX}/partner/{quote(config.partner_id, safe='')}/party"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- operations --------------------------------------------------------------------------
+
+    async def heartbeat(self) -> str:
+        """Bakkt's answer to a ping ("PONG: ..."); one attempt, so it reports what it sees."""
+        ex = await self._exchange(
+            "POST", f"{_PREFIX}/heartbeat", _HEARTBEAT, json=wire.heartbeat_body(str(uuid.uuid4()))
+        )
+        return self._parse(ex, wire.heartbeat)
+
+    async def create_link_url(
+        self, party_ref: str, link_ref: str, redirect_uri: str | None = None
+    ) -> LinkUrl:
+        # shared/bakkt/DECISIONS.md A2. Read-like: a repeat at worst leaves an unused URL to expire.
+        ex = await self._exchange(
+            "POST",
+            self._party(party_ref, "bankAccountLinking/linkUrl"),
+            _READ,
+            json=wire.link_url_body(link_ref, redirect_uri),
+        )
+        return self._parse(ex, wire.link_url)
+
+    async def link_plaid(self, party_ref: str, link_ref: str, processor_token: str) -> None:
+        """Ask Bakkt to link the account behind a Plaid processor token.
+
+        The result arrives as a BANK_ACCOUNT_LINK webhook carrying `link_ref`.
+        """
+        ex = await self._exchange(
+            "POST",
+            self._party(party_ref, "plaidAccount/link"),
+            _ONCE_WRITE,
+            json=wire.plaid_link_body(link_ref, processor_token),
+            reference=link_ref,
+        )
+        self._accepted(ex)
+
+    async def link_ach(
+        self,
+        party_ref: str,
+        link_ref: str,
+        account_number: str,
+        routing_number: str,
+        account_type: str,
+    ) -> None:
+        ex = await self._exchange(
+            "POST",
+            self._party(party_ref, "bankAccountLinking/ach"),
+            _ONCE_WRITE,
+            json=wire.ach_link_body(link_ref, account_number, routing_number, account_type),
+            reference=link_ref,
+        )
+        self._accepted(ex)
+
+    async def unlink(
+        self, party_ref: str, link_ref: str, instrument: Instrument | str = Instrument.ACH
+    ) -> None:
+        ex = await self._exchange(
+            "POST",
+            self._party(party_ref, "bankAccountLinking/unlink"),
+            _IDEMPOTENT_WRITE,
+            json=wire.unlink_body(link_ref, str(instrument)),
+            reference=link_ref,
+        )
+        if ex.response.is_success:
+            return
+        error = self._rejected(ex.response.status_code, ex.body())
+        if ex.resent and error.bakkt_type in _NOTHING_LINKED:
+            log.info("bakkt unlink %s: already unlinked by an earlier attempt", link_ref)
+            return
+        raise error
+
+    async def transfer(self, req: TransferRequest) -> None:
+        """Submit a deposit or withdrawal; returns once Bakkt has accepted it.
+
+        Raises BakktRejected (nothing happened), BakktOutcomeUnknown (it may have happened),
+        BakktUnavailable or BakktRateLimited (it certainly did not reach Bakkt), BakktAuthFailed.
+        """
+        ex = await self._exchange(
+            "POST",
+            self._party(req.party_ref, "transfer"),
+            _IDEMPOTENT_WRITE,
+            json=wire.transfer_body(req),
+            reference=req.transaction_ref,
+        )
+        status = ex.response.status_code
+        if ex.response.is_success:
+            return
+        if status == 409:
+            self._idempotent_replay(req, ex)
+            return
+        rejection = self._rejected(status, ex.body())
+        if ex.resent:
+            # An earlier attempt may have been accepted and caused this rejection (the balance
+            # it debited, say): only Bakkt's record can tell.
+            await self._confirm_rejection(req, rejection)
+            return
+        raise rejection
+
+    async def get_transaction(
+        self, party_ref: str, transaction_ref: str
+    ) -> BakktTransaction | None:
+        """Bakkt's record of one transaction; None when Bakkt never accepted it."""
+        # shared/bakkt/DECISIONS.md A3.
+        ex = await self._exchange(
+            "GET",
+            self._party(party_ref, f"transactions/{quote(transaction_ref, safe='')}"),
+            _READ,
+        )
+        if ex.response.is_success:
+            return self._parse(ex, lambda body: wire.transaction(wire.mapping(body, "transaction")))
+        error = self._rejected(ex.response.status_code, ex.body())
+        if error.bakkt_type == "TRANSACTION_NOT_FOUND":
+            return None
+        raise error
+
+    async def iter_transactions(
+        self,
+        party_ref: str,
+        *,
+        updated_since: datetime | None = None,
+        statuses: Iterable[TransactionStatus | str] | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[BakktTransaction]:
+        """Every transaction of the party, oldest update first, one page fetched at a time."""
+        # shared/bakkt/DECISIONS.md A4.
+        if not 1 <= page_size <= 500:
+            raise ValueError("page_size must be within 1..500")
+        params = httpx.QueryParams({"pageSize": page_size})
+        if updated_since is not None:
+            if updated_since.tzinfo is None:
+                raise ValueError("updated_since must be timezone-aware")
+            stamp = updated_since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            params = params.add("updatedSince", stamp)
+        for status in statuses or ():
+            params = params.add("status", str(status))
+        page_token: str | None = None
+        while True:
+            query = params if page_token is None else params.add("pageToken", page_token)
+            ex = await self._exchange(
+                "GET", self._party(party_ref, "transactions"), _READ, params=query
+            )
+            if not ex.response.is_success:
+                raise self._rejected(ex.response.status_code, ex.body())
+            items, page_token = self._parse(ex, wire.transaction_page)
+            for item in items:
+                yield item
+            if not page_token:
+                return
+
+    async def wire_instructions(self, party_ref: str) -> WireInstructions:
+        """The party's inbound wire details. Never cache them (CONTRACT.md §2.9)."""
+        ex = await self._exchange("GET", self._party(party_ref, "wire-instructions"), _READ)
+        return self._parse(ex, wire.wire_instructions)
+
+    async def balance(self, party_ref: str, currency: str = "USD") -> Balance:
+        ex = await self._exchange("GET", self._party(party_ref, "fiatAccount/balance"), _READ)
+        return self._parse(ex, lambda body: wire.balance(body, currency))
+
+    # --- transfer outcomes -------------------------------------------------------------------
+
+    def _idempotent_replay(self, req: TransferRequest, ex: _Exchange) -> None:
+        """A 409: the key was used before. Its original response decides (DECISIONS.md A7)."""
+        error = wire.ApiError(_safe_body(ex))
+        if error.original is None:
+            raise BakktOutcomeUnknown(
+                "transfer", req.transaction_ref, "409 without the original response"
+            )
+        status, body = error.original
+        if 200 <= status < 300:
+            log.info("bakkt transfer %s: already accepted (409 replay)", req.transaction_ref)
+            return
+        if 400 <= status < 500:
+            raise self._rejected(status, body)
+        raise BakktOutcomeUnknown(
+            "transfer", req.transaction_ref, f"409 replaying an original status {status}"
+        )
+
+    async def _confirm_rejection(self, req: TransferRequest, rejection: BakktRejected) -> None:
+        try:
+            found = await self.get_transaction(req.party_ref, req.transaction_ref)
+        except BakktError as exc:
+            raise BakktOutcomeUnknown(
+                "transfer", req.transaction_ref, f"{rejection} after a resend; look-up failed"
+            ) from exc
+        if found is None:
+            raise rejection
+        log.info(
+            "bakkt transfer %s: resend rejected (%s) but an earlier attempt was accepted",
+            req.transaction_ref,
+            rejection.bakkt_type,
+        )
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _party(self, party_ref: str, tail: str) -> str:
+        return f"{self._party_root}/{quote(party_ref, safe='')}/{tail}"
+
+    async def _fetch_token(self) -> tuple[str, float | None]:
+        # shared/bakkt/DECISIONS.md A1: Basic client credentials, grant_type as a form field.
+        ex = await self._exchange(
+            "POST",
+            f"{_PREFIX}/oauth2/token",
+            _READ,
+            data={"grant_type": "client_credentials"},
+            auth=False,
+        )
+        if ex.response.status_code in (400, 401, 403):
+            error = wire.ApiError(_safe_body(ex))
+            raise BakktAuthFailed(
+                f"Bakkt refused the client credentials: {ex.response.status_code} "
+                f"{error.bakkt_type}"
+            )
+        return self._parse(ex, wire.token)
+
+    def _accepted(self, ex: _Exchange) -> None:
+        if not ex.response.is_success:
+            raise self._rejected(ex.response.status_code, _safe_body(ex))
+
+    def _parse(self, ex: _Exchange, reader: Callable[[Any], T]) -> T:
+        if not ex.response.is_success:
+            raise self._rejected(ex.response.status_code, _safe_body(ex))
+        try:
+            return reader(ex.body())
+        except wire.BadShape as exc:
+            raise BakktUnavailable(
+                f"unreadable Bakkt response to {ex.response.request.url.path}: {exc}",
+                status=ex.response.status_code,
+            ) from None
+
+    def _rejected(self, status: int, body: Any) -> BakktRejected:
+        error = wire.ApiError(body)
+        return BakktRejected(
+            status, error.bakkt_type, error.description, error.detail, error.details
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        policy: _Policy,
+        *,
+        json: Mapping[str, Any] | None = None,
+        data: Mapping[str, str] | None = None,
+        params: httpx.QueryParams | None = None,
+        reference: str | None = None,
+        auth: bool = True,
+    ) -> _Exchange:
+        """Send until Bakkt gives a final answer (2xx or 4xx) or the policy says stop.
+
+        5xx, 429 and transport failures never come back as a response: they are retried or
+        raised as BakktUnavailable / BakktRateLimited / BakktOutcomeUnknown.
+        """
+        cfg = self._config
+        attempts = 1 if policy.single_attempt else cfg.max_attempts
+        tracking_id = current_request_id() or str(uuid.uuid4())
+        content = wire.dumps(json) if json is not None else None
+        maybe_sent = False
+        op = f"{method} {path}"
+
+        def give_up(last: str, *, rate_limited: float | None = None) -> BakktError:
+            if maybe_sent and policy.changes_state:
+                return BakktOutcomeUnknown(policy.name, reference or path, last)
+            if rate_limited is not None:
+                return BakktRateLimited(rate_limited)
+            return BakktUnavailable(f"{op}: {last}")
+
+        for attempt in range(1, attempts + 1):
+            last_attempt = attempt == attempts
+            started = time.perf_counter()
+            try:
+                response = await self._send(
+                    method,
+                    path,
+                    content=content,
+                    data=data,
+                    params=params,
+                    tracking_id=tracking_id,
+                    auth=auth,
+                )
+            except TRANSPORT_ERRORS as exc:
+                failure = classify(exc)
+                maybe_sent = maybe_sent or failure.may_have_reached_bakkt
+                log.warning(
+                    "bakkt %s attempt %d/%d failed: %s (tracking %s)",
+                    op,
+                    attempt,
+                    attempts,
+                    failure.message,
+                    tracking_id,
+                )
+                resendable = policy.resend_after_maybe_sent or not failure.may_have_reached_bakkt
+                if last_attempt or not resendable:
+                    raise give_up(failure.message) from None
+                await self._sleep(self._backoff(attempt))
+                continue
+
+            status = response.status_code
+            log.log(
+                logging.DEBUG if status < 400 else logging.WARNING,
+                "bakkt %s -> %d in %.1f ms (attempt %d, tracking %s)",
+                op,
+                status,
+                (time.perf_counter() - started) * 1000,
+                attempt,
+                tracking_id,
+            )
+            if status == 429:
+                retry_after = _retry_after(response)
+                wait = retry_after if retry_after is not None else self._backoff(attempt)
+                if last_attempt or wait > cfg.max_retry_after:
+                    raise give_up("429 rate limited", rate_limited=retry_after or wait)
+                await self._sleep(wait)
+                continue
+            if status >= 500:
+                maybe_sent = True
+                if last_attempt or not policy.resend_after_maybe_sent:
+                    raise give_up(f"{status} from Bakkt")
+                await self._sleep(self._backoff(attempt))
+                continue
+            if status == 401 and auth:
+                raise BakktAuthFailed(f"{op}: 401 from Bakkt even with a fresh token")
+            return _Exchange(response, resent=maybe_sent)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        data: Mapping[str, str] | None,
+        params: httpx.QueryParams | None,
+        tracking_id: str,
+        auth: bool,
+    ) -> httpx.Response:
+        """One attempt. A 401 on a bearer call gets one new token and one resend (never a
+        transfer executed twice: Bakkt refused the first send outright)."""
+        headers = {"x-tracking-id": tracking_id, "Accept": "application/json"}
+        if content is not None:
+            headers["Content-Type"] = _JSON
+        basic = (
+            None
+            if auth
+            else httpx.BasicAuth(
+                self._config.client_id, self._config.client_secret.get_secret_value()
+            )
+        )
+        for renewed in (False, True):
+            if auth:
+                token = await self._tokens.get()
+                headers["Authorization"] = f"Bearer {token}"
+            response = await self._http.request(
+                method, path, content=content, data=data, params=params, headers=headers, auth=basic
+            )
+            if response.status_code != 401 or not auth or renewed:
+                return response
+            log.info("bakkt %s %s: 401, renewing the token once", method, path)
+            self._tokens.invalidate(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int) -> float:
+        cfg = self._config
+        capped = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (attempt - 1))
+        return capped * (1.0 - cfg.backoff_jitter * self._rng.random())
+
+
+def _safe_body(ex: _Exchange) -> Any:
+    try:
+        return ex.body()
+    except wire.BadShape:
+        return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
