@@ -1,0 +1,167 @@
+"""The `fiat-onramp` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from app import migrate
+from app.config import Settings, get_settings
+
+DATA_DIR = Path(".data")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _require_database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        print(
+            "DATABASE_URL is not set. Use `fiat-onramp dev` (embedded Postgres), or point "
+            "DATABASE_URL at a database (for example after `docker compose up db`).",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return settings.database_url
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _configure_logging(settings)
+    _require_database_url(settings)
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        proxy_headers=True,
+        access_log=False,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _configure_logging(settings)
+    url = _require_database_url(settings)
+    migrate.upgrade(url, args.revision)
+    print(f"migrated to {args.revision} ({migrate.head_revision()})")
+    return 0
+
+
+async def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    from app.db import create_engine
+    from app.main import create_app
+
+    embedded = None
+    if not settings.database_url:
+        from app.embedded import EmbeddedPostgresUnavailable, start_embedded_postgres
+
+        try:
+            embedded = await asyncio.to_thread(start_embedded_postgres, DATA_DIR / "postgres")
+        except EmbeddedPostgresUnavailable as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(2) from exc
+        settings = settings.model_copy(update={"database_url": embedded.url})
+        print(f"embedded Postgres ({embedded.kind}) with its data under {DATA_DIR}/postgres")
+    try:
+        engine = create_engine(settings)
+        await migrate.upgrade_async(engine)
+        await engine.dispose()
+        servers: list[uvicorn.Server] = []
+        tasks: list[asyncio.Task[None]] = []
+        if not args.no_sandbox:
+            from bakkt_sandbox.server import serve_in_loop
+
+            tasks.append(asyncio.create_task(serve_in_loop(args.host, args.sandbox_port)))
+            print(f"Bakkt sandbox on http://{args.host}:{args.sandbox_port}")
+        config = uvicorn.Config(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level=settings.log_level.lower(),
+        )
+        server = uvicorn.Server(config)
+        servers.append(server)
+        print(f"fiat-onramp on http://{args.host}:{args.port} (docs at /docs)")
+        try:
+            await server.serve()
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _configure_logging(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_dev(args, settings))
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from bakkt_sandbox.server import run
+
+    run(host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fiat-onramp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (needs DATABASE_URL, migrated)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="upgrade the database schema")
+    mig.add_argument("revision", nargs="?", default="head")
+    mig.set_defaults(func=cmd_migrate)
+
+    dev = sub.add_parser(
+        "dev", help="embedded Postgres (unless DATABASE_URL is set), migrations, sandbox, service"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--sandbox-port", type=int, default=8081)
+    dev.add_argument("--no-sandbox", action="store_true")
+    dev.set_defaults(func=cmd_dev)
+
+    sandbox = sub.add_parser("sandbox", help="run the local Bakkt sandbox")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8081)
+    sandbox.set_defaults(func=cmd_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM from a container runtime should end the process as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The service's one settings object, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_PARTNER_ID = "5f0c2b9e-6a3d-4c1e-9f7a-2d8e4b6a1c01"
+DEV_CLIENT_ID = "dev-client"
+DEV_CLIENT_SECRET = "dev-client-secret"  # noqa: S105 - development default, refused in production
+DEV_WEBHOOK_SECRET = "whsec_ZmlhdC1vbnJhbXAtZGV2LXdlYmhvb2stc2VjcmV0ISE="  # noqa: S105
+DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
+
+# A secret that still carries one of these markers was copied from a default or an example.
+_PLACEHOLDER_MARKERS = ("change-me", "changeme", "example", "placeholder", "dev-", "secret")
+
+
+class AppEnv(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def _is_placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return not value or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept `postgresql://` (what most tools print) and give SQLAlchemy its asyncpg form."""
+    for prefix in (
+        "postgresql://",
+        "postgres://",
+        "postgresql+psycopg2://",
+        "postgresql+psycopg://",
+    ):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    app_env: AppEnv = AppEnv.DEVELOPMENT
+    log_level: str = "INFO"
+
+    # Unset means: `fiat-onramp dev` and the tests start an embedded Postgres.
+    database_url: str | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+
+    bakkt_base_url: str = "http://127.0.0.1:8081"
+    bakkt_partner_id: str = DEV_PARTNER_ID
+    bakkt_client_id: str = DEV_CLIENT_ID
+    bakkt_client_secret: SecretStr = SecretStr(DEV_CLIENT_SECRET)
+    bakkt_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    bakkt_connect_timeout: float = Field(default=3.0, gt=0)
+    bakkt_read_timeout: float = Field(default=10.0, gt=0)
+    bakkt_pool_timeout: float = Field(default=5.0, gt=0)
+    bakkt_max_connections: int = Field(default=64, ge=1)
+    bakkt_transfer_max_attempts: int = Field(default=4, ge=1)
+    bakkt_retry_backoff_base: float = Field(default=0.2, ge=0)
+    bakkt_retry_backoff_cap: float = Field(default=5.0, ge=0)
+
+    # Comma-separated so a secret can rotate: the new one is added, the old one removed later.
+    bakkt_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr(DEV_WEBHOOK_SECRET)]
+    )
+    webhook_static_token: SecretStr | None = None
+    webhook_allowed_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    auth_jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
+    auth_jwks_url: str | None = None
+    auth_issuer: str = "fiat-onramp-dev"
+    auth_audience: str = "fiat-onramp"
+    auth_party_claim: str = "sub"
+    auth_admin_scope: str = "funding:admin"
+
+    idempotency_ttl_days: int = Field(default=10, ge=1)
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Per-party limits applied when a party has no row of its own; amounts in dollars.
+    default_limit_per_transaction: Decimal = Decimal("25000")
+    default_limit_per_day: Decimal = Decimal("50000")
+    default_limit_per_30_days: Decimal = Decimal("250000")
+
+    workers_enabled: bool = True
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: str | None) -> str | None:
+        return normalize_database_url(value) if value else value
+
+    @field_validator("bakkt_webhook_secrets", "webhook_allowed_ips", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("auth_jwt_secret", "webhook_static_token", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_production(self) -> Settings:
+        if self.app_env is not AppEnv.PRODUCTION:
+            return self
+        problems: list[str] = []
+        if not self.database_url:
+            problems.append("DATABASE_URL must be set")
+        if _is_placeholder(self.bakkt_client_secret.get_secret_value()):
+            problems.append("BAKKT_CLIENT_SECRET is empty or a placeholder")
+        if not self.bakkt_webhook_secrets:
+            problems.append("BAKKT_WEBHOOK_SECRETS is empty")
+        for secret in self.bakkt_webhook_secrets:
+            if secret.get_secret_value() == DEV_WEBHOOK_SECRET or _is_placeholder(
+                secret.get_secret_value().removeprefix("whsec_")
+            ):
+                problems.append("BAKKT_WEBHOOK_SECRETS holds a placeholder")
+                break
+        if self.auth_jwks_url is None:
+            if self.auth_jwt_secret is None or _is_placeholder(
+                self.auth_jwt_secret.get_secret_value()
+            ):
+                problems.append("set AUTH_JWKS_URL, or a real AUTH_JWT_SECRET")
+        if problems:
+            raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

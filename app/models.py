@@ -1,0 +1,19 @@
+"""Imports every table module so `Base.metadata` is complete (Alembic and the tests use it)."""
+
+from app.alerts.models import OperatorAlert
+from app.db import Base
+from app.funding.models import BankAccount, Party, PartyLimit, Transaction, TransactionHistory
+from app.idempotency.models import IdempotencyKey
+from app.webhooks.models import WebhookEvent
+
+__all__ = [
+    "BankAccount",
+    "Base",
+    "IdempotencyKey",
+    "OperatorAlert",
+    "Party",
+    "PartyLimit",
+    "Transaction",
+    "TransactionHistory",
+    "WebhookEvent",
+]

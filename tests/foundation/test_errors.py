@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
+
+from app.config import Settings
+from app.errors import Conflict, NotFound
+from app.main import create_app
+
+
+class _Body(BaseModel):
+    amount: int = Field(gt=0)
+    note: str
+
+
+@pytest.fixture
+async def error_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+
+    @app.get("/boom/not-found")
+    async def not_found() -> None:
+        raise NotFound("transaction 42 does not exist")
+
+    @app.get("/boom/conflict")
+    async def conflict() -> None:
+        raise Conflict("still running", headers={"Retry-After": "1"}, extra={"retryable": True})
+
+    @app.post("/boom/validate")
+    async def validate(body: _Body) -> dict[str, int]:
+        return {"amount": body.amount}
+
+    @app.get("/boom/bug")
+    async def bug() -> None:
+        raise RuntimeError("secret internals: token=abc")
+
+    @app.get("/boom/db-down")
+    async def db_down() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
+async def test_app_error_becomes_problem_json_with_stable_code(
+    error_client: httpx.AsyncClient,
+) -> None:
+    response = await error_client.get("/boom/not-found", headers={"x-request-id": "req-12345678"})
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "not_found"
+    assert body["status"] == 404
+    assert body["detail"] == "transaction 42 does not exist"
+    assert body["instance"] == "/boom/not-found"
+    assert body["requestId"] == "req-12345678"
+    assert body["type"].endswith("/not-found")
+    assert response.headers["x-request-id"] == "req-12345678"
+
+
+async def test_app_error_carries_its_headers_and_extra_members(
+    error_client: httpx.AsyncClient,
+) -> None:
+    response = await error_client.get("/boom/conflict")
+    assert response.status_code == 409
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["retryable"] is True
+
+
+async def test_validation_error_is_422_listing_the_offending_fields(
+    error_client: httpx.AsyncClient,
+) -> None:
+    response = await error_client.post("/boom/validate", json={"amount": -5})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "validation_failed"
+    names = {e["name"] for e in body["errors"]}
+    assert names == {"amount", "note"}
+
+
+async def test_validation_error_does_not_echo_the_rejected_value(
+    error_client: httpx.AsyncClient,
+) -> None:
+    response = await error_client.post(
+        "/boom/validate", json={"amount": "processor-sandbox-SECRET", "note": "x"}
+    )
+    assert response.status_code == 422
+    assert "processor-sandbox-SECRET" not in response.text
+
+
+async def test_unknown_route_is_problem_json_404(error_client: httpx.AsyncClient) -> None:
+    response = await error_client.get("/no/such/route")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+async def test_unexpected_exception_is_500_without_internals(
+    error_client: httpx.AsyncClient,
+) -> None:
+    response = await error_client.get("/boom/bug")
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "token=abc" not in response.text
+    assert "Traceback" not in response.text
+
+
+async def test_database_outage_is_503_with_a_clear_code(error_client: httpx.AsyncClient) -> None:
+    response = await error_client.get("/boom/db-down")
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response.headers["retry-after"]
+
+
+async def test_oversized_body_is_413_before_parsing(error_client: httpx.AsyncClient) -> None:
+    response = await error_client.post(
+        "/boom/validate",
+        content=b'{"note": "' + b"x" * (70 * 1024) + b'", "amount": 1}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
