@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
+from app.bakkt.client import BakktClient
+from app.bakkt.config import BakktConfig
 from app.config import Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
@@ -19,8 +21,31 @@ from app.health.router import router as health_router
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None = None) -> FastAPI:
-    """Build the service. `engine` lets tests hand in one bound to their own database."""
+def bakkt_config(settings: Settings) -> BakktConfig:
+    return BakktConfig(
+        base_url=settings.bakkt_base_url,
+        partner_id=settings.bakkt_partner_id,
+        client_id=settings.bakkt_client_id,
+        client_secret=settings.bakkt_client_secret,
+        connect_timeout=settings.bakkt_connect_timeout,
+        read_timeout=settings.bakkt_read_timeout,
+        pool_timeout=settings.bakkt_pool_timeout,
+        max_connections=settings.bakkt_max_connections,
+        transport=settings.bakkt_transport,
+        max_attempts=settings.bakkt_transfer_max_attempts,
+        backoff_base=settings.bakkt_retry_backoff_base,
+        backoff_cap=settings.bakkt_retry_backoff_cap,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    bakkt: BakktClient | None = None,
+) -> FastAPI:
+    """Build the service. `engine` and `bakkt` let tests hand in their own; the app then leaves
+    closing them to the caller."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -32,6 +57,12 @@ def create_app(settings: Settings | None = None, *, engine: AsyncEngine | None =
                 stack.push_async_callback(app_engine.dispose)
             app.state.engine = app_engine
             app.state.session_factory = create_session_factory(app_engine)
+            if bakkt is None:
+                app.state.bakkt = await stack.enter_async_context(
+                    BakktClient(bakkt_config(settings))
+                )
+            else:
+                app.state.bakkt = bakkt
             yield
 
     app = FastAPI(
