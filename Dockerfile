@@ -24,7 +24,7 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /srv
 COPY --from=build /opt/venv /opt/venv
 COPY migrations ./migrations
-USER app
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]

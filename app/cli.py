@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,12 +83,23 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
         engine = create_engine(settings)
         await migrate.upgrade_async(engine)
         await engine.dispose()
-        servers: list[uvicorn.Server] = []
         tasks: list[asyncio.Task[None]] = []
         if not args.no_sandbox:
-            from bakkt_sandbox.server import serve_in_loop
+            from bakkt_sandbox.config import SandboxSettings
+            from bakkt_sandbox.server import serve as serve_sandbox
 
-            tasks.append(asyncio.create_task(serve_in_loop(args.host, args.sandbox_port)))
+            sandbox_settings = SandboxSettings()
+            if "SANDBOX_WEBHOOK_URL" not in os.environ:
+                # The sandbox sends its webhooks to this service, wherever --port put it.
+                sandbox_settings = sandbox_settings.model_copy(
+                    update={"webhook_url": f"http://127.0.0.1:{args.port}/webhooks/bakkt"}
+                )
+            tasks.append(
+                asyncio.create_task(serve_sandbox(args.host, args.sandbox_port, sandbox_settings))
+            )
+            settings = settings.model_copy(
+                update={"bakkt_base_url": f"http://127.0.0.1:{args.sandbox_port}"}
+            )
             print(f"Bakkt sandbox on http://{args.host}:{args.sandbox_port}")
         config = uvicorn.Config(
             create_app(settings),
@@ -97,7 +109,6 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
             log_level=settings.log_level.lower(),
         )
         server = uvicorn.Server(config)
-        servers.append(server)
         print(f"fiat-onramp on http://{args.host}:{args.port} (docs at /docs)")
         try:
             await server.serve()
