@@ -1,0 +1,242 @@
+"""The sandbox's objects and their wire shapes (CONTRACT.md §2, §5; DECISIONS.md A5, A8)."""
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+CENT = Decimal("0.01")
+
+
+class PartyStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    INACTIVE = "INACTIVE"
+    SUSPENDED = "SUSPENDED"
+    LIQUIDATED = "LIQUIDATED"
+    UNDER_REVIEW = "UNDER_REVIEW"
+    CLOSED = "CLOSED"
+
+
+# Assumed enums: shared/bakkt/DECISIONS.md A5.
+class TxType(StrEnum):
+    ACH_DEPOSIT = "ACH_DEPOSIT"
+    ACH_WITHDRAW = "ACH_WITHDRAW"
+    WIRE_DEPOSIT = "WIRE_DEPOSIT"
+    WIRE_WITHDRAW = "WIRE_WITHDRAW"
+    ACH_RETURN_FEE = "ACH_RETURN_FEE"
+    PARTNER_WRITE_OFF = "PARTNER_WRITE_OFF"
+    BAKKT_WRITE_OFF = "BAKKT_WRITE_OFF"
+    DECEASED_PARTY = "DECEASED_PARTY"
+    OTHER_ADJUSTMENT = "OTHER_ADJUSTMENT"
+
+
+class TxStatus(StrEnum):
+    PENDING = "PENDING"
+    COMPLETE = "COMPLETE"
+    DECLINED = "DECLINED"
+    CANCELLED = "CANCELLED"
+    RETURNED = "RETURNED"
+
+
+# shared/bakkt/DECISIONS.md A5: the only status moves Bakkt makes.
+ALLOWED_MOVES: dict[TxStatus, frozenset[TxStatus]] = {
+    TxStatus.PENDING: frozenset(
+        {TxStatus.COMPLETE, TxStatus.DECLINED, TxStatus.CANCELLED, TxStatus.RETURNED}
+    ),
+    TxStatus.COMPLETE: frozenset({TxStatus.RETURNED}),
+    TxStatus.DECLINED: frozenset(),
+    TxStatus.CANCELLED: frozenset(),
+    TxStatus.RETURNED: frozenset(),
+}
+
+DEPOSIT_TYPES = frozenset({TxType.ACH_DEPOSIT, TxType.WIRE_DEPOSIT})
+WITHDRAW_TYPES = frozenset({TxType.ACH_WITHDRAW, TxType.WIRE_WITHDRAW})
+
+
+class ApiError(Exception):
+    """A `PublicApiError` answer (CONTRACT.md §5.1) with its HTTP status (DECISIONS.md A8)."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        description: str,
+        detail: str = "",
+        details: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{type_}: {description}")
+        self.status = status
+        self.type = type_
+        self.description = description
+        self.detail = detail or description
+        self.details = details or []
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "description": self.description,
+            "detail": self.detail,
+            "details": self.details,
+            **self.extra,
+        }
+
+
+def invalid_field(field_name: str, rejected: Any, description: str) -> ApiError:
+    return ApiError(
+        400,
+        "INVALID_FIELD_VALUE",
+        description,
+        "validation error",
+        [
+            {
+                "type": "VALIDATION_ERROR",
+                "description": description,
+                "field": field_name,
+                "rejectedValue": rejected,
+            }
+        ],
+    )
+
+
+def parse_amount(value: Any, field_name: str = "amount") -> Decimal:
+    """A JSON number (already a Decimal when parsed with parse_float=Decimal) > 0, ≤ 2 places."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise invalid_field(field_name, value, "The amount must be a number.")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation as exc:  # pragma: no cover - json never yields these
+        raise invalid_field(field_name, str(value), "The amount must be a number.") from exc
+    if not amount.is_finite() or amount <= 0:
+        raise invalid_field(field_name, _jsonable(amount), "The amount must be greater than 0.")
+    if amount != amount.quantize(CENT):
+        raise invalid_field(
+            field_name, _jsonable(amount), "The amount must have at most 2 decimal places."
+        )
+    return amount.quantize(CENT)
+
+
+def _jsonable(amount: Decimal) -> float:
+    return float(amount)
+
+
+def money(amount: Decimal) -> float:
+    """Emit as a JSON number: every 2-place decimal below 2**53 cents round-trips through float."""
+    return float(amount.quantize(CENT))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int) -> str:
+    """ISO-8601 UTC with milliseconds, the precision every stored timestamp is truncated to."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_iso(value: str) -> int:
+    """Milliseconds since the epoch of an ISO-8601 timestamp; naive means UTC."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class BankAccount:
+    link_ref: str
+    bank_name: str
+    account_mask: str
+    account_type: str
+    routing_number: str
+    source: str  # "plaid", "ach", "manual", "hosted"
+
+
+@dataclass(slots=True)
+class Transaction:
+    """The assumed Transaction object, shared/bakkt/DECISIONS.md A5."""
+
+    party_ref: str
+    ref: str
+    type: TxType
+    amount: Decimal
+    status: TxStatus
+    created_ms: int
+    updated_ms: int
+    related_ref: str | None = None
+    reason_code: str | None = None
+    reason_description: str | None = None
+    idempotency_key: str | None = None
+    # Bumped by every explicit move so timers planned for an older state are ignored.
+    plan_version: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partnerTransactionRef": self.ref,
+            "relatedPartnerTransactionRef": self.related_ref,
+            "partnerPartyRef": self.party_ref,
+            "fiatTransactionType": self.type.value,
+            "transactionStatus": self.status.value,
+            "amount": money(self.amount),
+            "currency": "USD",
+            "reasonCode": self.reason_code,
+            "reasonDescription": self.reason_description,
+            "createdAt": iso_ms(self.created_ms),
+            "updatedAt": iso_ms(self.updated_ms),
+        }
+
+
+@dataclass(slots=True)
+class Party:
+    ref: str
+    status: PartyStatus
+    reason_code: str | None
+    settled: Decimal = Decimal("0.00")
+    unsettled: Decimal = Decimal("0.00")
+    bank_account: BankAccount | None = None
+    transactions: dict[str, Transaction] = field(default_factory=dict)
+
+    def balance_json(self) -> dict[str, Any]:
+        return {
+            "partnerPartyRef": self.ref,
+            "currency": "USD",
+            "settledAmount": money(self.settled),
+            "unsettledAmount": money(self.unsettled),
+        }
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    """One accepted `/transfer`: what `GET /sandbox/transfers` lists."""
+
+    transaction: Transaction
+    idempotency_key: str
+    fiat_transact_type: str
+    instrument_type: str
+    request_count: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        tx = self.transaction
+        return {
+            "partnerPartyRef": tx.party_ref,
+            "partnerTransactionRef": tx.ref,
+            "idempotencyKey": self.idempotency_key,
+            "amount": money(tx.amount),
+            "currency": "USD",
+            "fiatTransactType": self.fiat_transact_type,
+            "instrumentType": self.instrument_type,
+            "fiatTransactionType": tx.type.value,
+            "status": tx.status.value,
+            "requestCount": self.request_count,
+            "createdAt": iso_ms(tx.created_ms),
+            "updatedAt": iso_ms(tx.updated_ms),
+        }
