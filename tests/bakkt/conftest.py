@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,13 +67,21 @@ def sandbox_config(sandbox: RunningSandbox, transport: Any, **overrides: Any) ->
 
 
 def make_client(
-    sandbox: RunningSandbox, transport: Any, traffic: Traffic | None = None, **overrides: Any
+    sandbox: RunningSandbox,
+    transport: Any,
+    traffic: Traffic | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    on_response: Callable[[httpx.Response], Awaitable[None]] | None = None,
+    **overrides: Any,
 ) -> BakktClient:
     config = sandbox_config(sandbox, transport, **overrides)
     http = build_http_client(config)
     if traffic is not None:
         http.event_hooks["request"].append(traffic.hook)
-    return BakktClient(config, http=http)
+    if on_response is not None:
+        http.event_hooks["response"].append(on_response)
+    return BakktClient(config, http=http, clock=clock)
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])
