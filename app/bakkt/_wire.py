@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -232,14 +232,15 @@ class ApiError:
 
     __slots__ = ("bakkt_type", "description", "detail", "details", "original")
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: Any, redact: Iterable[str] = ()) -> None:
         obj: Mapping[str, Any] = body if isinstance(body, Mapping) else {}
+        secrets = tuple(redact)
         self.bakkt_type = _str_or_none(obj.get("type"))
-        self.description = _str_or_none(obj.get("description"))
-        self.detail = _str_or_none(obj.get("detail"))
+        self.description = _scrub(_str_or_none(obj.get("description")), secrets)
+        self.detail = _scrub(_str_or_none(obj.get("detail")), secrets)
         raw_details = obj.get("details")
         self.details = tuple(
-            _field_error(item)
+            _field_error(item, secrets)
             for item in (raw_details if isinstance(raw_details, list) else [])
             if isinstance(item, Mapping)
         )
@@ -256,19 +257,43 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _field_error(item: Mapping[str, Any]) -> FieldError:
+def _field_error(item: Mapping[str, Any], secrets: tuple[str, ...]) -> FieldError:
     field_name = _str_or_none(item.get("field"))
     rejected = item.get("rejectedValue")
-    if field_name and field_name.lower() in _SENSITIVE_FIELDS and rejected is not None:
+    sensitive = field_name and field_name.rsplit(".", 1)[-1].lower() in _SENSITIVE_FIELDS
+    if sensitive and rejected is not None:
         rejected = "***"
-    if isinstance(rejected, Decimal):
+    elif isinstance(rejected, str):
+        rejected = _scrub(rejected, secrets)
+    elif isinstance(rejected, Decimal):
         rejected = str(rejected)
     return FieldError(
         type=_str_or_none(item.get("type")),
-        description=_str_or_none(item.get("description")),
+        description=_scrub(_str_or_none(item.get("description")), secrets),
         field=field_name,
         rejected_value=rejected,
     )
+
+
+def _scrub(text: str | None, secrets: tuple[str, ...]) -> str | None:
+    if text is None:
+        return None
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def sensitive_values(body: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The secret strings in a request body we send, to be scrubbed from Bakkt's answer."""
+    if body is None:
+        return ()
+    found: list[str] = []
+    for name, value in body.items():
+        if isinstance(value, Mapping):
+            found.extend(sensitive_values(value))
+        elif isinstance(value, str) and name.lower() in _SENSITIVE_FIELDS and len(value) >= 4:
+            found.append(value)
+    return tuple(found)
 
 
 # --- requests ------------------------------------------------------------------------------

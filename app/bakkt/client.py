@@ -87,9 +87,26 @@ class _Exchange:
     response: httpx.Response
     # An earlier attempt of this call may have reached Bakkt before this response came.
     resent: bool
+    # Secret values we sent (tokens, account numbers) that Bakkt may echo in an error text.
+    sent_secrets: tuple[str, ...]
 
     def body(self) -> Any:
         return wire.loads(self.response.content) if self.response.content else None
+
+    def error_body(self) -> Any:
+        try:
+            return self.body()
+        except wire.BadShape:
+            return None
+
+    def rejection(self, status: int | None = None, body: Any = None) -> BakktRejected:
+        """This 4xx (or the one a 409 replays, when status and body are given) as an error."""
+        if status is None:
+            status, body = self.response.status_code, self.error_body()
+        error = wire.ApiError(body, redact=self.sent_secrets)
+        return BakktRejected(
+            status, error.bakkt_type, error.description, error.detail, error.details
+        )
 
 
 class _TokenCache:
@@ -243,7 +260,7 @@ class BakktClient:
         )
         if ex.response.is_success:
             return
-        error = self._rejected(ex.response.status_code, ex.body())
+        error = ex.rejection()
         if ex.resent and error.bakkt_type in _NOTHING_LINKED:
             log.info("bakkt unlink %s: already unlinked by an earlier attempt", link_ref)
             return
@@ -268,7 +285,7 @@ class BakktClient:
         if status == 409:
             self._idempotent_replay(req, ex)
             return
-        rejection = self._rejected(status, ex.body())
+        rejection = ex.rejection()
         if ex.resent:
             # An earlier attempt may have been accepted and caused this rejection (the balance
             # it debited, say): only Bakkt's record can tell.
@@ -288,7 +305,7 @@ class BakktClient:
         )
         if ex.response.is_success:
             return self._parse(ex, lambda body: wire.transaction(wire.mapping(body, "transaction")))
-        error = self._rejected(ex.response.status_code, ex.body())
+        error = ex.rejection()
         if error.bakkt_type == "TRANSACTION_NOT_FOUND":
             return None
         raise error
@@ -320,7 +337,7 @@ class BakktClient:
                 "GET", self._party(party_ref, "transactions"), _READ, params=query
             )
             if not ex.response.is_success:
-                raise self._rejected(ex.response.status_code, ex.body())
+                raise ex.rejection()
             items, page_token = self._parse(ex, wire.transaction_page)
             for item in items:
                 yield item
@@ -340,7 +357,7 @@ class BakktClient:
 
     def _idempotent_replay(self, req: TransferRequest, ex: _Exchange) -> None:
         """A 409: the key was used before. Its original response decides (DECISIONS.md A7)."""
-        error = wire.ApiError(_safe_body(ex))
+        error = wire.ApiError(ex.error_body())
         if error.original is None:
             raise BakktOutcomeUnknown(
                 "transfer", req.transaction_ref, "409 without the original response"
@@ -350,7 +367,7 @@ class BakktClient:
             log.info("bakkt transfer %s: already accepted (409 replay)", req.transaction_ref)
             return
         if 400 <= status < 500:
-            raise self._rejected(status, body)
+            raise ex.rejection(status, body)
         raise BakktOutcomeUnknown(
             "transfer", req.transaction_ref, f"409 replaying an original status {status}"
         )
@@ -385,7 +402,7 @@ class BakktClient:
             auth=False,
         )
         if ex.response.status_code in (400, 401, 403):
-            error = wire.ApiError(_safe_body(ex))
+            error = wire.ApiError(ex.error_body())
             raise BakktAuthFailed(
                 f"Bakkt refused the client credentials: {ex.response.status_code} "
                 f"{error.bakkt_type}"
@@ -394,11 +411,11 @@ class BakktClient:
 
     def _accepted(self, ex: _Exchange) -> None:
         if not ex.response.is_success:
-            raise self._rejected(ex.response.status_code, _safe_body(ex))
+            raise ex.rejection()
 
     def _parse(self, ex: _Exchange, reader: Callable[[Any], T]) -> T:
         if not ex.response.is_success:
-            raise self._rejected(ex.response.status_code, _safe_body(ex))
+            raise ex.rejection()
         try:
             return reader(ex.body())
         except wire.BadShape as exc:
@@ -406,12 +423,6 @@ class BakktClient:
                 f"unreadable Bakkt response to {ex.response.request.url.path}: {exc}",
                 status=ex.response.status_code,
             ) from None
-
-    def _rejected(self, status: int, body: Any) -> BakktRejected:
-        error = wire.ApiError(body)
-        return BakktRejected(
-            status, error.bakkt_type, error.description, error.detail, error.details
-        )
 
     async def _exchange(
         self,
@@ -499,7 +510,7 @@ class BakktClient:
                 continue
             if status == 401 and auth:
                 raise BakktAuthFailed(f"{op}: 401 from Bakkt even with a fresh token")
-            return _Exchange(response, resent=maybe_sent)
+            return _Exchange(response, maybe_sent, wire.sensitive_values(json))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
@@ -542,13 +553,6 @@ class BakktClient:
         cfg = self._config
         capped = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (attempt - 1))
         return capped * (1.0 - cfg.backoff_jitter * self._rng.random())
-
-
-def _safe_body(ex: _Exchange) -> Any:
-    try:
-        return ex.body()
-    except wire.BadShape:
-        return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:
