@@ -484,6 +484,12 @@ class BakktClient:
                     raise give_up(failure.message) from None
                 await self._sleep(self._backoff(attempt))
                 continue
+            except BakktError as exc:
+                # The token could not be had for this attempt; an earlier one may still have
+                # reached Bakkt, and that is what the caller must hear.
+                if maybe_sent and policy.changes_state:
+                    raise give_up(f"no token for a resend: {exc}") from exc
+                raise
 
             status = response.status_code
             log.log(

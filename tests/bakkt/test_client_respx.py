@@ -197,3 +197,30 @@ async def test_unknown_rejection_type_reaches_the_caller_as_generic_rejection(
     with pytest.raises(BakktRejected) as caught:
         await client.wire_instructions("alice")
     assert (caught.value.bakkt_type, caught.value.code) == ("NEW_THING", "bakkt_rejected")
+
+
+async def test_token_unavailable_for_a_resend_after_a_lost_attempt_is_outcome_unknown() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += 7200  # the token expires while the client backs off
+
+    config = BakktConfig(
+        base_url=BASE,
+        partner_id="p-1",
+        client_id="c",
+        client_secret=SecretStr("s"),
+        transport="httpx",
+        backoff_base=0.0,
+    )
+    with respx.mock(base_url=BASE) as router:
+        router.post("/partner/v1/oauth2/token").mock(
+            side_effect=[
+                httpx.Response(200, json={"accessToken": "tok", "expiresIn": "3600"}),
+                *[httpx.Response(503)] * 10,
+            ]
+        )
+        router.post(f"{PARTY}/transfer").mock(side_effect=httpx.ReadTimeout("lost"))
+        async with BakktClient(config, clock=lambda: now[0], sleep=sleep) as client:
+            with pytest.raises(BakktOutcomeUnknown):
+                await client.transfer(REQ)
