@@ -60,8 +60,8 @@ def test_unknown_enum_values_are_kept_raw_and_logged(caplog: pytest.LogCaptureFi
 
 def test_extra_fields_are_ignored_and_request_spelling_of_kind_is_accepted() -> None:
     body = _txn(somethingNew={"x": 1})
-    del body["fiatTransactionType"]  # type: ignore[attr-defined]
-    body["fiatTransactType"] = "WIRE_WITHDRAW"  # type: ignore[index]
+    del body["fiatTransactionType"]
+    body["fiatTransactType"] = "WIRE_WITHDRAW"
     assert wire.transaction(body).kind is TransactionKind.WIRE_WITHDRAW
 
 
@@ -73,7 +73,7 @@ def test_naive_and_epoch_times_are_read_as_utc() -> None:
 
 def test_missing_required_field_is_a_bad_shape() -> None:
     body = _txn()
-    del body["partnerTransactionRef"]  # type: ignore[attr-defined]
+    del body["partnerTransactionRef"]
     with pytest.raises(wire.BadShape, match="partnerTransactionRef"):
         wire.transaction(body)
 

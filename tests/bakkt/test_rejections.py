@@ -26,7 +26,7 @@ from bakkt_sandbox.testing import RunningSandbox
 from tests.bakkt.conftest import make_client
 from tests.bakkt.test_operations import deposit, linked_party
 
-Scenario = Callable[[BakktClient, RunningSandbox], Awaitable[object]]
+Scenario = Callable[[BakktClient, RunningSandbox], Awaitable[None]]
 
 
 def _ref(prefix: str = "") -> str:
@@ -45,50 +45,50 @@ def _withdraw(party_ref: str, amount: str) -> TransferRequest:
     )
 
 
-async def _suspended(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.transfer(deposit(_ref("suspended-")))
+async def _suspended(c: BakktClient, _: RunningSandbox) -> None:
+    await c.transfer(deposit(_ref("suspended-")))
 
 
-async def _inactive(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.transfer(deposit(_ref("inactive-")))
+async def _inactive(c: BakktClient, _: RunningSandbox) -> None:
+    await c.transfer(deposit(_ref("inactive-")))
 
 
-async def _unknown_party(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.balance(_ref("unknown-"))
+async def _unknown_party(c: BakktClient, _: RunningSandbox) -> None:
+    await c.balance(_ref("unknown-"))
 
 
-async def _no_bank(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.transfer(deposit(_ref()))
+async def _no_bank(c: BakktClient, _: RunningSandbox) -> None:
+    await c.transfer(deposit(_ref()))
 
 
-async def _unlink_nothing(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.unlink(_ref(), "l-1")
+async def _unlink_nothing(c: BakktClient, _: RunningSandbox) -> None:
+    await c.unlink(_ref(), "l-1")
 
 
-async def _plaid_invalid(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.link_plaid(_ref(), "l-1", "processor-invalid-1")
+async def _plaid_invalid(c: BakktClient, _: RunningSandbox) -> None:
+    await c.link_plaid(_ref(), "l-1", "processor-invalid-1")
 
 
-async def _plaid_expired(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.link_plaid(_ref(), "l-1", "processor-expired-1")
+async def _plaid_expired(c: BakktClient, _: RunningSandbox) -> None:
+    await c.link_plaid(_ref(), "l-1", "processor-expired-1")
 
 
-async def _plaid_unsupported(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.link_plaid(_ref(), "l-1", "processor-unsupported-sync-1")
+async def _plaid_unsupported(c: BakktClient, _: RunningSandbox) -> None:
+    await c.link_plaid(_ref(), "l-1", "processor-unsupported-sync-1")
 
 
-async def _below_minimum(c: BakktClient, sb: RunningSandbox) -> object:
+async def _below_minimum(c: BakktClient, sb: RunningSandbox) -> None:
     ref = await linked_party(c)
     await sb.credit(ref, "100")
-    return await c.transfer(_withdraw(ref, "5.00"))
+    await c.transfer(_withdraw(ref, "5.00"))
 
 
-async def _insufficient(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.transfer(_withdraw(await linked_party(c), "50.00"))
+async def _insufficient(c: BakktClient, _: RunningSandbox) -> None:
+    await c.transfer(_withdraw(await linked_party(c), "50.00"))
 
 
-async def _bad_routing(c: BakktClient, _: RunningSandbox) -> object:
-    return await c.link_ach(_ref(), "l-1", "12345678", "12", "CHECKING")
+async def _bad_routing(c: BakktClient, _: RunningSandbox) -> None:
+    await c.link_ach(_ref(), "l-1", "12345678", "12", "CHECKING")
 
 
 @pytest.mark.parametrize(
