@@ -61,7 +61,6 @@ _NOTHING_LINKED = frozenset(
 class _Policy:
     """How one kind of call may be repeated."""
 
-    name: str
     # Safe to send again after an attempt that may have reached Bakkt (a timeout, a dropped
     # connection, a 5xx).
     resend_after_maybe_sent: bool
@@ -71,15 +70,13 @@ class _Policy:
     single_attempt: bool = False
 
 
-_READ = _Policy("read", resend_after_maybe_sent=True, changes_state=False)
-_HEARTBEAT = _Policy(
-    "heartbeat", resend_after_maybe_sent=False, changes_state=False, single_attempt=True
-)
+_READ = _Policy(resend_after_maybe_sent=True, changes_state=False)
+_HEARTBEAT = _Policy(resend_after_maybe_sent=False, changes_state=False, single_attempt=True)
 # Resent with the same idempotency key (transfer) or naturally idempotent (unlink).
-_IDEMPOTENT_WRITE = _Policy("idempotent write", resend_after_maybe_sent=True, changes_state=True)
+_IDEMPOTENT_WRITE = _Policy(resend_after_maybe_sent=True, changes_state=True)
 # Links carry no idempotency key: a second send could link twice, so they are resent only when
 # the first provably never left.
-_ONCE_WRITE = _Policy("write", resend_after_maybe_sent=False, changes_state=True)
+_ONCE_WRITE = _Policy(resend_after_maybe_sent=False, changes_state=True)
 
 
 @dataclass(slots=True)
@@ -227,7 +224,7 @@ class BakktClient:
             self._party(party_ref, "plaidAccount/link"),
             _ONCE_WRITE,
             json=wire.plaid_link_body(link_ref, processor_token),
-            reference=link_ref,
+            about=("link_plaid", link_ref),
         )
         self._accepted(ex)
 
@@ -244,7 +241,7 @@ class BakktClient:
             self._party(party_ref, "bankAccountLinking/ach"),
             _ONCE_WRITE,
             json=wire.ach_link_body(link_ref, account_number, routing_number, account_type),
-            reference=link_ref,
+            about=("link_ach", link_ref),
         )
         self._accepted(ex)
 
@@ -256,7 +253,7 @@ class BakktClient:
             self._party(party_ref, "bankAccountLinking/unlink"),
             _IDEMPOTENT_WRITE,
             json=wire.unlink_body(link_ref, str(instrument)),
-            reference=link_ref,
+            about=("unlink", link_ref),
         )
         if ex.response.is_success:
             return
@@ -277,7 +274,7 @@ class BakktClient:
             self._party(req.party_ref, "transfer"),
             _IDEMPOTENT_WRITE,
             json=wire.transfer_body(req),
-            reference=req.transaction_ref,
+            about=("transfer", req.transaction_ref),
         )
         status = ex.response.status_code
         if ex.response.is_success:
@@ -433,13 +430,14 @@ class BakktClient:
         json: Mapping[str, Any] | None = None,
         data: Mapping[str, str] | None = None,
         params: httpx.QueryParams | None = None,
-        reference: str | None = None,
+        about: tuple[str, str] | None = None,
         auth: bool = True,
     ) -> _Exchange:
         """Send until Bakkt gives a final answer (2xx or 4xx) or the policy says stop.
 
         5xx, 429 and transport failures never come back as a response: they are retried or
-        raised as BakktUnavailable / BakktRateLimited / BakktOutcomeUnknown.
+        raised as BakktUnavailable / BakktRateLimited / BakktOutcomeUnknown. `about` is the
+        (operation, our reference) an unknown outcome is reported under.
         """
         cfg = self._config
         attempts = 1 if policy.single_attempt else cfg.max_attempts
@@ -450,7 +448,8 @@ class BakktClient:
 
         def give_up(last: str, *, rate_limited: float | None = None) -> BakktError:
             if maybe_sent and policy.changes_state:
-                return BakktOutcomeUnknown(policy.name, reference or path, last)
+                operation, reference = about or (method, path)
+                return BakktOutcomeUnknown(operation, reference, last)
             if rate_limited is not None:
                 return BakktRateLimited(rate_limited)
             return BakktUnavailable(f"{op}: {last}")

@@ -69,7 +69,7 @@ async def test_transfer_5xx_until_attempts_run_out_is_outcome_unknown(
     req = deposit(ref)
     with pytest.raises(BakktOutcomeUnknown) as caught:
         await client.transfer(req)
-    assert caught.value.reference == req.transaction_ref
+    assert (caught.value.operation, caught.value.reference) == ("transfer", req.transaction_ref)
     assert len(traffic.to("/transfer")) == MAX_ATTEMPTS
     assert await sandbox.transfers(ref) == []
 
@@ -243,7 +243,7 @@ async def test_link_dropped_before_an_answer_is_not_resent(
     await sandbox.set_fault("addBankAccount", "accept_then_drop", count=1)
     with pytest.raises(BakktOutcomeUnknown) as caught:
         await client.link_plaid(ref, "link-9", "processor-ok")
-    assert caught.value.reference == "link-9"
+    assert (caught.value.operation, caught.value.reference) == ("link_plaid", "link-9")
     assert len(traffic.to("/plaidAccount/link")) == 1
     assert (await sandbox.party(ref))["bankAccount"] is not None
 
