@@ -55,7 +55,7 @@ def sandbox_config(sandbox: RunningSandbox, transport: Any, **overrides: Any) ->
         "client_id": sandbox.client_id,
         "client_secret": SecretStr(sandbox.client_secret),
         "transport": transport,
-        "read_timeout": 0.5,
+        "read_timeout": 1.0,
         "connect_timeout": 0.5,
         "pool_timeout": 1.0,
         "backoff_base": 0.01,

@@ -116,11 +116,11 @@ async def test_latency_beyond_the_read_timeout_never_makes_two_transfers(
     client: BakktClient, sandbox: RunningSandbox, traffic: Traffic
 ) -> None:
     ref = await linked_party(client)
-    # The first send waits 0.8 s at Bakkt, then runs although the client gave up at 0.5 s.
-    await sandbox.set_fault(TRANSFER, "latency", latency_ms=800, count=1)
+    # The first send waits 1.5 s at Bakkt, then runs although the client gave up at 1 s.
+    await sandbox.set_fault(TRANSFER, "latency", latency_ms=1500, count=1)
     await client.transfer(deposit(ref))
     assert len(traffic.to("/transfer")) >= 2
-    await asyncio.sleep(0.5)  # let the abandoned first send finish at the sandbox
+    await asyncio.sleep(1.0)  # let the abandoned first send finish at the sandbox
     assert len(await sandbox.transfers(ref)) == 1
 
 
@@ -128,7 +128,7 @@ async def test_transfer_timeout_is_resent_with_the_same_key(
     client: BakktClient, sandbox: RunningSandbox, traffic: Traffic
 ) -> None:
     ref = await linked_party(client)
-    await sandbox.set_fault(TRANSFER, "timeout", count=1, hold_seconds=2.0)
+    await sandbox.set_fault(TRANSFER, "timeout", count=1, hold_seconds=3.0)
     await client.transfer(deposit(ref))
     assert len(traffic.to("/transfer")) == 2
     assert await _only_transfer(sandbox, ref) == 1
@@ -138,7 +138,7 @@ async def test_transfer_timeout_after_execution_never_makes_two_transfers(
     client: BakktClient, sandbox: RunningSandbox
 ) -> None:
     ref = await linked_party(client)
-    await sandbox.set_fault(TRANSFER, "timeout", count=1, hold_seconds=2.0, phase="after")
+    await sandbox.set_fault(TRANSFER, "timeout", count=1, hold_seconds=3.0, phase="after")
     await client.transfer(deposit(ref))
     assert await _only_transfer(sandbox, ref) == 2
 
@@ -146,7 +146,7 @@ async def test_transfer_timeout_after_execution_never_makes_two_transfers(
 async def test_read_timeouts_until_attempts_run_out_are_unavailable(
     client: BakktClient, sandbox: RunningSandbox, traffic: Traffic
 ) -> None:
-    await sandbox.set_fault(BALANCE, "timeout", hold_seconds=2.0)
+    await sandbox.set_fault(BALANCE, "timeout", hold_seconds=3.0)
     with pytest.raises(BakktUnavailable):
         await client.balance(party())
     assert len(traffic.to("/fiatAccount/balance")) == MAX_ATTEMPTS
