@@ -16,6 +16,7 @@ from app.config import Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
 from app.errors import install_error_handlers
+from app.funding.router import router as funding_router
 from app.health.router import router as health_router
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def create_app(
     app.state.schema_head = migrate.head_revision()
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(funding_router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,0 +1,436 @@
+"""HTTP only: parse, authorize, pick the status code. The rules live in the service."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.dependencies import party_access
+from app.auth.tokens import AuthenticationRequired, AuthKeysUnavailable, InvalidToken, TokenExpired
+from app.db import get_session
+from app.errors import PROBLEM_JSON, AppError, NotFound, PayloadTooLarge, Unprocessable
+from app.errors import problem_responses as _problem_responses
+from app.funding import schemas as s
+from app.funding.models import TransactionMethod
+from app.funding.service import (
+    BAKKT_REJECTIONS,
+    BakktUnavailableError,
+    BankAccountDisabled,
+    BankAccountLinkPending,
+    BankAccountNotFound,
+    BankAccountNotLinked,
+    BankAccountUnderReview,
+    Direction,
+    FundingService,
+    InvalidCursor,
+    LimitExceeded,
+    NoLinkedBankAccount,
+    Outcome,
+    PartyNotActive,
+    PartySuspended,
+    TransactionNotFound,
+    TransferIntent,
+    UnknownBankAccount,
+)
+from app.idempotency.service import (
+    HEADER,
+    REPLAYED_HEADER,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    IdempotencyRequestInProgress,
+    IdempotentRequest,
+    fingerprint,
+    parse_key,
+)
+
+router = APIRouter(prefix="/v1/parties/{partyRef}", tags=["funding"])
+
+
+class ValidationFailed(Unprocessable):
+    """Declared so the OpenAPI document shows the problem body FastAPI's 422 really has."""
+
+    code = "validation_failed"
+    title = "The request is not valid"
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+
+def get_service(
+    request: Request, session: Annotated[AsyncSession, Depends(get_session)]
+) -> FundingService:
+    return FundingService(session, request.app.state.bakkt, request.app.state.settings)
+
+
+def idempotency_key(request: Request) -> str:
+    # Read by hand rather than as a Header parameter: a missing key is our 400 with its own
+    # code, not FastAPI's generic 422. The OpenAPI entry is added by IDEMPOTENT below.
+    return parse_key(request.headers.get(HEADER))
+
+
+PartyRef = Annotated[str, Depends(party_access)]
+IdempotencyKeyValue = Annotated[str, Depends(idempotency_key)]
+Service = Annotated[FundingService, Depends(get_service)]
+
+
+def _idempotent(request: Request, party_ref: str, key: str, body: Any) -> IdempotentRequest:
+    path = request.url.path
+    return IdempotentRequest(
+        party_ref=party_ref,
+        key=key,
+        method=request.method,
+        path=path,
+        fingerprint=fingerprint(request.method, path, body),
+    )
+
+
+def _render(outcome: Outcome) -> JSONResponse:
+    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
+    media_type = PROBLEM_JSON if outcome.status >= 400 else "application/json"
+    return JSONResponse(
+        outcome.body, status_code=outcome.status, headers=headers, media_type=media_type
+    )
+
+
+# --- OpenAPI declarations -----------------------------------------------------------------------
+
+IDEMPOTENT: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": HEADER,
+            "in": "header",
+            "required": True,
+            "description": "8-255 printable ASCII characters, unique per intended request (a "
+            "UUID is fine). Kept 10 days, per party: a retry with the same key and the same "
+            "request gets the first response again; with another request, 422.",
+            "schema": {"type": "string", "minLength": 8, "maxLength": 255},
+        }
+    ]
+}
+
+_HEADER_DOCS: dict[str, dict[str, Any]] = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer"},
+    },
+    "WWW-Authenticate": {"description": "`Bearer`, with the error", "schema": {"type": "string"}},
+    REPLAYED_HEADER: {
+        "description": "`true` when this is the stored response of an earlier request with the "
+        "same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Cache-Control": {"description": "`no-store`: live data", "schema": {"type": "string"}},
+}
+
+_COMMON_ERRORS: tuple[type[AppError], ...] = (
+    AuthenticationRequired,
+    InvalidToken,
+    TokenExpired,
+    AuthKeysUnavailable,
+    NotFound,
+    ValidationFailed,
+)
+_IDEMPOTENCY_ERRORS: tuple[type[AppError], ...] = (
+    IdempotencyKeyMissing,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyReused,
+    IdempotencyRequestInProgress,
+)
+_BODY_ERRORS: tuple[type[AppError], ...] = (PayloadTooLarge,)
+_ALL_BAKKT_REJECTIONS = tuple(BAKKT_REJECTIONS.values())
+
+
+def _responses(
+    *errors: type[AppError],
+    success: int,
+    description: str,
+    idempotent: bool = False,
+    success_headers: tuple[str, ...] = (),
+) -> dict[int | str, dict[str, Any]]:
+    unique: dict[str, type[AppError]] = {}
+    for error in (*_COMMON_ERRORS, *errors):
+        unique.setdefault(error.code, error)
+    declared = _problem_responses(*unique.values())
+    for status, entry in declared.items():
+        # The body is application/problem+json; `model` alone would only describe it as JSON.
+        entry["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        headers: dict[str, Any] = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = _HEADER_DOCS["WWW-Authenticate"]
+        if status in (409, 503):
+            headers["Retry-After"] = _HEADER_DOCS["Retry-After"]
+        # Stored (and so replayed) are the outcomes a request reached after it was accepted.
+        if idempotent and status not in (400, 401, 404, 413):
+            headers[REPLAYED_HEADER] = _HEADER_DOCS[REPLAYED_HEADER]
+        if headers:
+            entry["headers"] = headers
+    headers = {name: _HEADER_DOCS[name] for name in success_headers}
+    if idempotent:
+        headers[REPLAYED_HEADER] = _HEADER_DOCS[REPLAYED_HEADER]
+    declared[success] = {"description": description, **({"headers": headers} if headers else {})}
+    return declared
+
+
+_GATE_ERRORS = (PartySuspended, PartyNotActive)
+_ACH_ERRORS = (
+    UnknownBankAccount,
+    NoLinkedBankAccount,
+    BankAccountNotLinked,
+    BankAccountDisabled,
+    BankAccountUnderReview,
+)
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/link-sessions",
+    status_code=201,
+    response_model=s.LinkSession,
+    summary="Start linking a bank account on Bakkt's hosted page",
+    description="Asks Bakkt for a link URL (valid until `expiresAt`) and records a PENDING bank "
+    "account that Bakkt's link webhook later completes.",
+    openapi_extra=IDEMPOTENT,
+    responses=_responses(
+        *_IDEMPOTENCY_ERRORS,
+        *_BODY_ERRORS,
+        *_GATE_ERRORS,
+        *_ALL_BAKKT_REJECTIONS,
+        BakktUnavailableError,
+        success=201,
+        description="The link URL",
+        idempotent=True,
+    ),
+)
+async def create_link_session(
+    request: Request,
+    party_ref: PartyRef,
+    key: IdempotencyKeyValue,
+    service: Service,
+    body: Annotated[s.LinkSessionRequest | None, Body()] = None,
+) -> JSONResponse:
+    payload = body or s.LinkSessionRequest()
+    idem = _idempotent(request, party_ref, key, payload)
+    return _render(await service.create_link_session(party_ref, payload, idem))
+
+
+@router.post(
+    "/bank-accounts",
+    status_code=202,
+    response_model=s.BankAccountOut,
+    summary="Link a bank account with a Plaid processor token",
+    description="The account is PENDING until Bakkt's link webhook says LINKED (with its bank "
+    "name and mask) or FAILED. The processor token is passed to Bakkt once and never stored.",
+    openapi_extra=IDEMPOTENT,
+    responses=_responses(
+        *_IDEMPOTENCY_ERRORS,
+        *_BODY_ERRORS,
+        *_GATE_ERRORS,
+        *_ALL_BAKKT_REJECTIONS,
+        BakktUnavailableError,
+        success=202,
+        description="The bank account, PENDING",
+        idempotent=True,
+    ),
+)
+async def link_bank_account(
+    request: Request,
+    party_ref: PartyRef,
+    key: IdempotencyKeyValue,
+    service: Service,
+    body: s.PlaidLinkRequest,
+) -> JSONResponse:
+    idem = _idempotent(request, party_ref, key, body)
+    return _render(await service.link_plaid(party_ref, body, idem))
+
+
+@router.get(
+    "/bank-accounts",
+    response_model=s.BankAccountList,
+    summary="The party's bank accounts and their link status, newest first",
+    responses=_responses(success=200, description="The bank accounts"),
+)
+async def list_bank_accounts(party_ref: PartyRef, service: Service) -> s.BankAccountList:
+    return await service.list_bank_accounts(party_ref)
+
+
+@router.delete(
+    "/bank-accounts/{bankAccountId}",
+    status_code=200,
+    response_model=s.BankAccountOut,
+    summary="Unlink a bank account at Bakkt",
+    openapi_extra=IDEMPOTENT,
+    responses=_responses(
+        *_IDEMPOTENCY_ERRORS,
+        BankAccountNotFound,
+        BankAccountLinkPending,
+        *_ALL_BAKKT_REJECTIONS,
+        BakktUnavailableError,
+        success=200,
+        description="The bank account, UNLINKED",
+        idempotent=True,
+    ),
+)
+async def unlink_bank_account(
+    request: Request,
+    party_ref: PartyRef,
+    key: IdempotencyKeyValue,
+    service: Service,
+    bank_account_id: Annotated[uuid.UUID, Path(alias="bankAccountId")],
+) -> JSONResponse:
+    idem = _idempotent(request, party_ref, key, None)
+    return _render(await service.unlink(party_ref, bank_account_id, idem))
+
+
+_TRANSFER_RESPONSES = (
+    *_IDEMPOTENCY_ERRORS,
+    *_BODY_ERRORS,
+    *_GATE_ERRORS,
+    LimitExceeded,
+    *_ACH_ERRORS,
+    *_ALL_BAKKT_REJECTIONS,
+)
+_TRANSFER_ACCEPTED = (
+    "The transaction. PENDING once Bakkt accepted it; UNKNOWN when Bakkt's answer was lost or "
+    "Bakkt could not be reached (the service settles it by itself, with the same Bakkt "
+    "idempotency key: poll the transaction). Never waits for settlement."
+)
+
+
+@router.post(
+    "/deposits",
+    status_code=202,
+    response_model=s.TransactionOut,
+    summary="Deposit by ACH from the linked bank account",
+    openapi_extra=IDEMPOTENT,
+    responses=_responses(
+        *_TRANSFER_RESPONSES, success=202, description=_TRANSFER_ACCEPTED, idempotent=True
+    ),
+)
+async def deposit(
+    request: Request,
+    party_ref: PartyRef,
+    key: IdempotencyKeyValue,
+    service: Service,
+    body: s.DepositRequest,
+) -> JSONResponse:
+    idem = _idempotent(request, party_ref, key, body)
+    intent = TransferIntent(
+        direction=Direction.DEPOSIT,
+        method=TransactionMethod.ACH,
+        amount=body.amount,
+        bank_account_id=body.bank_account_id,
+    )
+    return _render(await service.transfer(party_ref, intent, idem))
+
+
+@router.post(
+    "/withdrawals",
+    status_code=202,
+    response_model=s.TransactionOut,
+    summary="Withdraw by ACH to the linked bank account, or by wire to the given destination",
+    description="A wire's destination is sent to Bakkt once; only the bank name and the last 4 "
+    "digits of the account number are kept.",
+    openapi_extra=IDEMPOTENT,
+    responses=_responses(
+        *_TRANSFER_RESPONSES, success=202, description=_TRANSFER_ACCEPTED, idempotent=True
+    ),
+)
+async def withdraw(
+    request: Request,
+    party_ref: PartyRef,
+    key: IdempotencyKeyValue,
+    service: Service,
+    body: Annotated[s.WithdrawalRequest, Body()],
+) -> JSONResponse:
+    idem = _idempotent(request, party_ref, key, body)
+    if isinstance(body, s.WireWithdrawalRequest):
+        intent = TransferIntent(
+            direction=Direction.WITHDRAWAL,
+            method=TransactionMethod.WIRE,
+            amount=body.amount,
+            wire=body.destination,
+        )
+    else:
+        intent = TransferIntent(
+            direction=Direction.WITHDRAWAL,
+            method=TransactionMethod.ACH,
+            amount=body.amount,
+            bank_account_id=body.bank_account_id,
+        )
+    return _render(await service.transfer(party_ref, intent, idem))
+
+
+@router.get(
+    "/transactions",
+    response_model=s.TransactionPage,
+    summary="The party's transactions, newest first",
+    description="Keyset pagination: pass `nextCursor` back as `cursor`. Filters combine; "
+    "`status` and `type` may repeat; `createdFrom` is inclusive, `createdTo` exclusive.",
+    responses=_responses(InvalidCursor, success=200, description="One page"),
+)
+async def list_transactions(
+    party_ref: PartyRef, service: Service, query: Annotated[s.TransactionQuery, Query()]
+) -> s.TransactionPage:
+    return await service.list_transactions(party_ref, query)
+
+
+@router.get(
+    "/transactions/{transactionId}",
+    response_model=s.TransactionDetail,
+    summary="One transaction with its full status history",
+    responses=_responses(TransactionNotFound, success=200, description="The transaction"),
+)
+async def get_transaction(
+    party_ref: PartyRef,
+    service: Service,
+    transaction_id: Annotated[uuid.UUID, Path(alias="transactionId")],
+) -> s.TransactionDetail:
+    return await service.get_transaction(party_ref, transaction_id)
+
+
+@router.get(
+    "/balance",
+    response_model=s.BalanceOut,
+    summary="Settled and unsettled balance, live from Bakkt",
+    responses=_responses(
+        *_ALL_BAKKT_REJECTIONS,
+        BakktUnavailableError,
+        success=200,
+        description="The balance",
+        success_headers=("Cache-Control",),
+    ),
+)
+async def balance(party_ref: PartyRef, service: Service, response: Response) -> s.BalanceOut:
+    result = await service.balance(party_ref)
+    response.headers["Cache-Control"] = "no-store"
+    return result
+
+
+@router.get(
+    "/wire-instructions",
+    response_model=s.WireInstructionsOut,
+    summary="Where to send a wire deposit, live from Bakkt (never cache it)",
+    description="Bakkt's bank details can change: fetch them every time the consumer opens "
+    "the wire screen. The consumer must put `referenceNumber` in the wire's beneficiary "
+    "instructions.",
+    responses=_responses(
+        *_GATE_ERRORS,
+        *_ALL_BAKKT_REJECTIONS,
+        BakktUnavailableError,
+        success=200,
+        description="The wire instructions",
+        success_headers=("Cache-Control",),
+    ),
+)
+async def wire_instructions(
+    party_ref: PartyRef, service: Service, response: Response
+) -> s.WireInstructionsOut:
+    result = await service.wire_instructions(party_ref)
+    response.headers["Cache-Control"] = "no-store"
+    return result

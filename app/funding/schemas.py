@@ -1,0 +1,263 @@
+"""The public JSON of the funding API: camelCase, amounts as decimal strings, nothing secret."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    PlainSerializer,
+    SecretStr,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from app.funding.models import (
+    BankAccountStatus,
+    HistorySource,
+    TransactionMethod,
+    TransactionStatus,
+    TransactionType,
+)
+
+CENT = Decimal("0.01")
+# Far above any limit; only keeps nonsense (and integer overflow of cents) out.
+MAX_AMOUNT = Decimal("999999999.99")
+_AMOUNT_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(?:\.([0-9]+))?$")
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,8})(\.[0-9]{1,2})?$"
+
+
+def _parse_amount(value: object) -> Decimal:
+    # Errors name the rule, never the value: a body may hold other people's data.
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "amount_not_string",
+            'amount must be a string of dollars such as "25.00"; JSON numbers are refused '
+            "because binary floats cannot hold every amount exactly",
+        )
+    if value.startswith("-"):
+        raise PydanticCustomError("amount_not_positive", "amount must be greater than 0")
+    if len(value) > 32:
+        raise PydanticCustomError("amount_too_large", "amount is too large")
+    match = _AMOUNT_SYNTAX.match(value)
+    if match is None:
+        raise PydanticCustomError(
+            "amount_format", 'amount must be digits with an optional decimal point, like "25.00"'
+        )
+    if match.group(2) is not None and len(match.group(2)) > 2:
+        raise PydanticCustomError(
+            "amount_too_precise", "amount must have at most 2 decimal places (whole cents)"
+        )
+    amount = Decimal(value)
+    if amount <= 0:
+        raise PydanticCustomError("amount_not_positive", "amount must be greater than 0")
+    if amount > MAX_AMOUNT:
+        raise PydanticCustomError("amount_too_large", "amount is too large")
+    return amount.quantize(CENT)
+
+
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_parse_amount),
+    PlainSerializer(lambda d: f"{d:.2f}", return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": AMOUNT_PATTERN,
+            "description": "US dollars as a decimal string: greater than 0, at most 2 places.",
+            "examples": ["25.00"],
+        }
+    ),
+]
+
+
+def _aba_checksum(value: str) -> str:
+    digits = [int(c) for c in value]
+    weighted = 3 * sum(digits[0::3]) + 7 * sum(digits[1::3]) + sum(digits[2::3])
+    if weighted % 10:
+        raise PydanticCustomError(
+            "routing_number_checksum", "routingNumber is not a valid ABA number"
+        )
+    return value
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", hide_input_in_errors=True
+    )
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class LinkSessionRequest(RequestModel):
+    redirect_uri: Annotated[HttpUrl, Field(max_length=2048)] | None = Field(
+        default=None,
+        description="Where Bakkt's hosted page sends the browser when the consumer is done.",
+    )
+
+
+class PlaidLinkRequest(RequestModel):
+    processor_token: Annotated[SecretStr, Field(min_length=1, max_length=1024)] = Field(
+        description="A Plaid processor token created with `processor: bakkt`. Used once, "
+        "never stored or returned."
+    )
+
+
+class DepositRequest(RequestModel):
+    amount: Amount
+    currency: Literal["USD"] = "USD"
+    method: Literal["ACH"] = Field(
+        default="ACH",
+        description="ACH from the linked bank account. Wire deposits are sent by the consumer "
+        "to the wire instructions and appear as transactions by themselves.",
+    )
+    bank_account_id: uuid.UUID | None = Field(
+        default=None, description="The linked account to pull from; default: the linked one."
+    )
+
+
+class WireDestination(RequestModel):
+    routing_number: Annotated[str, Field(pattern=r"^[0-9]{9}$"), AfterValidator(_aba_checksum)]
+    account_number: str = Field(
+        pattern=r"^[0-9]{4,17}$",
+        repr=False,
+        description="Sent to Bakkt once; only its last 4 digits are kept.",
+    )
+    bank_name: str = Field(min_length=1, max_length=255)
+    bank_address: str | None = Field(default=None, min_length=1, max_length=255)
+    swift_code: str | None = Field(default=None, pattern=r"^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$")
+
+
+class AchWithdrawalRequest(RequestModel):
+    method: Literal["ACH"]
+    amount: Amount
+    currency: Literal["USD"] = "USD"
+    bank_account_id: uuid.UUID | None = Field(
+        default=None, description="The linked account to pay into; default: the linked one."
+    )
+
+
+class WireWithdrawalRequest(RequestModel):
+    method: Literal["WIRE"]
+    amount: Amount
+    currency: Literal["USD"] = "USD"
+    destination: WireDestination
+
+
+WithdrawalRequest = Annotated[
+    AchWithdrawalRequest | WireWithdrawalRequest, Field(discriminator="method")
+]
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class LinkSession(ResponseModel):
+    bank_account_id: uuid.UUID = Field(
+        description="The bank account this link will become (PENDING until Bakkt reports it)."
+    )
+    link_url: str
+    expires_at: datetime
+
+
+class BankAccountOut(ResponseModel):
+    id: uuid.UUID
+    status: BankAccountStatus
+    link_method: str
+    bank_name: str | None
+    account_mask: str | None = Field(description="The last 4 digits of the account number.")
+    account_type: str | None
+    reason_code: str | None
+    needs_review: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class BankAccountList(ResponseModel):
+    items: list[BankAccountOut]
+
+
+class TransactionOut(ResponseModel):
+    id: uuid.UUID
+    type: TransactionType
+    method: TransactionMethod | None
+    status: TransactionStatus
+    amount: str = Field(examples=["25.00"])
+    currency: str
+    reason_code: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class HistoryEntryOut(ResponseModel):
+    from_status: TransactionStatus | None = Field(alias="from")
+    to: TransactionStatus
+    source: HistorySource
+    reason_code: str | None
+    event_id: str | None
+    applied: bool
+    at: datetime
+
+
+class TransactionDetail(TransactionOut):
+    history: list[HistoryEntryOut]
+
+
+class TransactionPage(ResponseModel):
+    items: list[TransactionOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+class BalanceOut(ResponseModel):
+    currency: str
+    settled: str = Field(description="Available to the consumer.")
+    unsettled: str = Field(description="Pending, not settled yet.")
+
+
+class WireInstructionsOut(ResponseModel):
+    reference_number: str = Field(
+        description="The consumer's own code: put it in the wire's beneficiary instructions."
+    )
+    routing_number: str
+    account_number: str = Field(description="Bakkt's receiving account (not the consumer's).")
+    swift_code: str
+    bank_name: str
+    bank_address: str
+    beneficiary_name: str
+    beneficiary_address: str
+
+
+class TransactionQuery(BaseModel):
+    """Filters of the transaction list, parsed from the query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+    status: list[TransactionStatus] = Field(default_factory=list)
+    type: list[TransactionType] = Field(default_factory=list)
+    created_from: AwareDatetime | None = Field(default=None, alias="createdFrom")
+    created_to: AwareDatetime | None = Field(default=None, alias="createdTo")
+
+
+def dump(model: BaseModel) -> Any:
+    """The JSON a response model becomes (what is stored for an idempotent replay)."""
+    return model.model_dump(mode="json", by_alias=True)

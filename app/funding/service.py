@@ -1,0 +1,782 @@
+"""The funding rules: who may move what, the money path toward Bakkt, and the live reads.
+
+The money path (STYLE.md): claim the consumer's Idempotency-Key (committed) -> in one database
+transaction lock the party, check its status and limits, write the transaction as SUBMITTING
+with Bakkt's reference and idempotency key derived from its own id, and point the key at it
+(committed) -> call Bakkt with no database transaction open -> record the outcome and the
+response to replay in one transaction (committed). A process that dies anywhere in between leaves
+a key whose lease runs out and a transaction that recovery can settle; a retry with the same key
+resumes it with the same Bakkt idempotency key, never a new one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.bakkt import (
+    ERROR_TABLE,
+    BakktAuthFailed,
+    BakktClient,
+    BakktError,
+    BakktOutcomeUnknown,
+    BakktRateLimited,
+    BakktRejected,
+    ErrorEntry,
+    Instrument,
+    TransferDirection,
+    TransferMethod,
+    TransferRequest,
+)
+from app.bakkt import WireDestination as BakktWireDestination
+from app.bakkt.errors import BELOW_MINIMUM, UNKNOWN_REJECTION
+from app.config import Settings
+from app.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+    problem_body,
+)
+from app.funding import repository as repo
+from app.funding import schemas as s
+from app.funding.models import (
+    BankAccount,
+    BankAccountStatus,
+    HistorySource,
+    Party,
+    PartyStatus,
+    Transaction,
+    TransactionMethod,
+    TransactionOrigin,
+    TransactionStatus,
+    TransactionType,
+)
+from app.funding.state import record_creation, transition
+from app.idempotency import service as idempotency
+from app.idempotency.service import Claim, IdempotentRequest, Replay
+
+log = logging.getLogger("app.funding")
+
+# Bakkt idempotency keys are uuid5(this, our transaction id): derived, so every resend of one
+# intent carries the same key, and never stored anywhere but the transaction row.
+_BAKKT_KEY_NAMESPACE = uuid.UUID("8d8f3c1e-2b7a-5e3f-9c41-6f0a1d2b3c4e")
+# Bank-account ids of link requests are derived from the claim of their Idempotency-Key, so a
+# retry that takes over a dead request finds the row the first one wrote.
+_LINK_NAMESPACE = uuid.UUID("2f6b7c8d-9e0a-5b1c-8d2e-3f4a5b6c7d8e")
+
+# When recovery (issue 7) should first look at a transaction in each open state.
+CHECK_PENDING_AFTER = timedelta(seconds=60)
+CHECK_UNKNOWN_AFTER = timedelta(seconds=10)
+CENTS = Decimal(100)
+
+
+class LinkMethod(StrEnum):
+    PLAID = "PLAID"
+    HOSTED = "HOSTED"  # Bakkt's hosted bank-picker page (DECISIONS.md A2)
+
+
+class Direction(StrEnum):
+    DEPOSIT = "DEPOSIT"
+    WITHDRAWAL = "WITHDRAWAL"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class PartyNotActive(Forbidden):
+    code = "party_not_active"
+    title = "The account may not make this request in its current status"
+
+
+class PartySuspended(Forbidden):
+    code = "party_suspended"
+    title = "The account is suspended"
+
+
+class LimitExceeded(Unprocessable):
+    code = "limit_exceeded"
+    title = "The amount exceeds a limit of the account"
+
+
+class UnknownBankAccount(Unprocessable):
+    code = "unknown_bank_account"
+    title = "The bank account named in the request does not exist"
+
+
+class NoLinkedBankAccount(Conflict):
+    code = "no_linked_bank_account"
+    title = "No linked bank account; link one first"
+
+
+class BankAccountNotLinked(Conflict):
+    code = "bank_account_not_linked"
+    title = "The bank account is not linked"
+
+
+class BankAccountDisabled(Conflict):
+    code = "bank_account_disabled"
+    title = "The bank account was disabled after an ACH return; link another one"
+
+
+class BankAccountUnderReview(Conflict):
+    code = "bank_account_under_review"
+    title = "The bank account is under review after a disputed debit"
+
+
+class BankAccountLinkPending(Conflict):
+    code = "bank_account_link_pending"
+    title = "The bank account's link has not finished yet"
+
+
+class BankAccountNotFound(NotFound):
+    code = "bank_account_not_found"
+    title = "No such bank account"
+
+
+class TransactionNotFound(NotFound):
+    code = "transaction_not_found"
+    title = "No such transaction"
+
+
+class InvalidCursor(AppError):
+    status_code = 400
+    code = "invalid_cursor"
+    title = "The cursor is not valid"
+
+
+class BakktUnavailableError(ServiceUnavailable):
+    code = "bakkt_unavailable"
+    title = "The funding provider cannot be reached right now; retry shortly"
+
+
+class BakktRejection(AppError):
+    """Base of the errors Bakkt's rejections become (one class per code of the error table)."""
+
+
+def _rejection_class(entry: ErrorEntry) -> type[AppError]:
+    name = "Bakkt" + "".join(part.title() for part in entry.code.split("_"))
+    attrs = {"status_code": entry.http_status, "code": entry.code, "title": entry.message}
+    return cast(type[AppError], type(name, (BakktRejection,), attrs))
+
+
+BAKKT_REJECTIONS: dict[str, type[AppError]] = {
+    entry.code: _rejection_class(entry)
+    for entry in (*ERROR_TABLE.values(), BELOW_MINIMUM, UNKNOWN_REJECTION)
+}
+
+
+def rejection_error(exc: BakktRejected, **extra: Any) -> AppError:
+    return BAKKT_REJECTIONS[exc.code](exc.consumer_message, extra=extra)
+
+
+def unavailable_error(exc: BakktError) -> AppError:
+    """What a consumer gets when Bakkt did not answer a read or a link: retry later."""
+    if isinstance(exc, BakktRejected):
+        return rejection_error(exc)
+    if isinstance(exc, BakktAuthFailed):
+        return BAKKT_REJECTIONS["bakkt_auth_failed"](ERROR_TABLE["UNAUTHORIZED"].message)
+    retry_after = 2
+    if isinstance(exc, BakktRateLimited) and exc.retry_after is not None:
+        retry_after = max(1, round(exc.retry_after))
+    return BakktUnavailableError(headers={"Retry-After": str(retry_after)})
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A response of an idempotent request: new, or the stored one again (`replayed`)."""
+
+    status: int
+    body: Any
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransferIntent:
+    direction: Direction
+    method: TransactionMethod
+    amount: Decimal
+    bank_account_id: uuid.UUID | None = None
+    wire: s.WireDestination | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    error: BakktRejected
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsettled:
+    """Bakkt did not say yes or no: it may have the transfer (timeout, 5xx after a resend) or
+    certainly does not (unreachable, 429). Either way recovery settles it with the same key."""
+
+    note: str
+    check_after: timedelta
+
+
+_SubmitResult = _Accepted | _Rejected | _Unsettled
+
+
+def to_cents(amount: Decimal) -> int:
+    return int(amount * CENTS)
+
+
+def money(cents: int) -> str:
+    return f"{Decimal(cents) / CENTS:.2f}"
+
+
+def transaction_out(txn: Transaction) -> s.TransactionOut:
+    return s.TransactionOut(
+        id=txn.id,
+        type=TransactionType(txn.type),
+        method=TransactionMethod(txn.method) if txn.method else None,
+        status=TransactionStatus(txn.status),
+        amount=money(txn.amount_cents),
+        currency=txn.currency,
+        reason_code=txn.reason_code,
+        created_at=txn.created_at,
+        updated_at=txn.updated_at,
+    )
+
+
+def bank_account_out(account: BankAccount) -> s.BankAccountOut:
+    return s.BankAccountOut(
+        id=account.id,
+        status=BankAccountStatus(account.status),
+        link_method=account.link_method,
+        bank_name=account.bank_name,
+        account_mask=account.account_mask,
+        account_type=account.account_type,
+        reason_code=account.reason_code,
+        needs_review=account.needs_review,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+    )
+
+
+def encode_cursor(txn: Transaction) -> str:
+    raw = json.dumps([txn.created_at.isoformat(), str(txn.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, ident = json.loads(raw)
+        created = datetime.fromisoformat(stamp)
+        if created.tzinfo is None:
+            raise ValueError("naive time")
+        return created, uuid.UUID(ident)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("Pass back the `nextCursor` of a previous page unchanged.") from None
+
+
+class FundingService:
+    def __init__(self, session: AsyncSession, bakkt: BakktClient, settings: Settings) -> None:
+        self.session = session
+        self.bakkt = bakkt
+        self.settings = settings
+        self.lease = idempotency.lease_for(settings)
+        self.key_ttl = timedelta(days=settings.idempotency_ttl_days)
+
+    async def _claim(self, idem: IdempotentRequest) -> Claim | Replay:
+        return await idempotency.claim(self.session, idem, lease=self.lease, ttl=self.key_ttl)
+
+    async def _finish(self, claim: Claim, status: int, body: Any) -> Outcome:
+        stored_status, stored_body = await idempotency.finish(self.session, claim, status, body)
+        await self.session.commit()
+        return Outcome(stored_status, stored_body)
+
+    # --- party rules ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _gate(party: Party, direction: Direction) -> None:
+        """Refuse before Bakkt is called: only an ACTIVE party deposits or links; a LIQUIDATED
+        one may still withdraw what it holds."""
+        status = party.status
+        if status == PartyStatus.ACTIVE:
+            return
+        if status == PartyStatus.LIQUIDATED and direction is Direction.WITHDRAWAL:
+            return
+        extra = {"partyStatus": status, "reasonCode": party.status_reason}
+        if status == PartyStatus.SUSPENDED:
+            raise PartySuspended("The account is suspended.", extra=extra)
+        action = "deposit or link a bank account" if direction is Direction.DEPOSIT else "withdraw"
+        raise PartyNotActive(f"An account with status {status} may not {action}.", extra=extra)
+
+    async def _check_limits(
+        self, party_ref: str, direction: Direction, amount_cents: int, now: datetime
+    ) -> None:
+        """Per transaction, per rolling 24 hours and per rolling 30 days, by direction. The
+        caller holds the party row lock, so the sums cannot change under it."""
+        row = await repo.get_limit(self.session, party_ref, direction)
+        cfg = self.settings
+
+        def pick(own: int | None, default: Decimal) -> int:
+            return own if own is not None else to_cents(default)
+
+        per_tx = pick(row.per_transaction_cents if row else None, cfg.default_limit_per_transaction)
+        per_day = pick(row.per_day_cents if row else None, cfg.default_limit_per_day)
+        per_30 = pick(row.per_30_days_cents if row else None, cfg.default_limit_per_30_days)
+        if amount_cents > per_tx:
+            raise self._limit_error("perTransaction", per_tx, per_tx)
+        for name, limit, window in (
+            ("perDay", per_day, timedelta(days=1)),
+            ("per30Days", per_30, timedelta(days=30)),
+        ):
+            used = await repo.sum_since(self.session, party_ref, direction, now - window)
+            if used + amount_cents > limit:
+                raise self._limit_error(name, limit, max(limit - used, 0))
+
+    @staticmethod
+    def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
+        return LimitExceeded(
+            f"The amount exceeds the {name} limit of {money(limit)} USD "
+            f"({money(available)} USD available now).",
+            extra={"limit": name, "limitAmount": money(limit), "available": money(available)},
+        )
+
+    async def _usable_bank_account(
+        self, party_ref: str, account_id: uuid.UUID | None, direction: Direction
+    ) -> BankAccount:
+        if account_id is not None:
+            account = await repo.get_bank_account(self.session, party_ref, account_id)
+            if account is None:
+                raise UnknownBankAccount("No bank account with this id for this account.")
+        else:
+            account = await repo.newest_bank_account(
+                self.session, party_ref, [BankAccountStatus.LINKED]
+            ) or await repo.newest_bank_account(
+                self.session, party_ref, [BankAccountStatus.DISABLED]
+            )
+            if account is None:
+                raise NoLinkedBankAccount("Link a bank account before moving money by ACH.")
+        if account.status == BankAccountStatus.DISABLED:
+            raise BankAccountDisabled(
+                "An ACH return showed this bank account cannot be used. Link another one.",
+                extra={"bankAccountId": str(account.id), "reasonCode": account.reason_code},
+            )
+        if account.status != BankAccountStatus.LINKED:
+            raise BankAccountNotLinked(
+                f"The bank account is {account.status}, not LINKED.",
+                extra={"bankAccountId": str(account.id)},
+            )
+        # A disputed debit (R05, R07, R10, R29) puts the account under review: no more pulls
+        # from it until an operator clears it; paying money out to it stays possible.
+        if account.needs_review and direction is Direction.DEPOSIT:
+            raise BankAccountUnderReview(
+                "Deposits from this bank account are paused while it is reviewed.",
+                extra={"bankAccountId": str(account.id)},
+            )
+        return account
+
+    # --- the money path -------------------------------------------------------------------------
+
+    async def transfer(
+        self, party_ref: str, intent: TransferIntent, idem: IdempotentRequest
+    ) -> Outcome:
+        claimed = await self._claim(idem)
+        if isinstance(claimed, Replay):
+            return Outcome(claimed.status, claimed.body, replayed=True)
+        if claimed.transaction_id is None:
+            try:
+                txn = await self._write_intent(party_ref, intent, claimed)
+            except AppError:
+                await idempotency.release(self.session, claimed)
+                raise
+        else:
+            found = await repo.get_transaction(self.session, party_ref, claimed.transaction_id)
+            if found is None:  # pragma: no cover - the key and its transaction commit together
+                raise RuntimeError(f"idempotency key points at missing {claimed.transaction_id}")
+            txn = found
+            await self.session.commit()
+            if txn.status not in (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN):
+                # A webhook or recovery settled it while nobody held the key: report it as is.
+                return await self._record_outcome(claimed, txn.id, None, idem.path)
+            log.info("resuming transfer %s from a stale idempotency claim", txn.id)
+        result = await self._submit(txn, intent.wire)
+        return await self._record_outcome(claimed, txn.id, result, idem.path)
+
+    async def _write_intent(
+        self, party_ref: str, intent: TransferIntent, claimed: Claim
+    ) -> Transaction:
+        session = self.session
+        party = await repo.lock_party(session, party_ref)
+        self._gate(party, intent.direction)
+        account = None
+        if intent.method is TransactionMethod.ACH:
+            account = await self._usable_bank_account(
+                party_ref, intent.bank_account_id, intent.direction
+            )
+        amount_cents = to_cents(intent.amount)
+        now = await repo.db_now(session)
+        await self._check_limits(party_ref, intent.direction, amount_cents, now)
+        txn_id = uuid.uuid4()
+        wire = intent.wire
+        txn = Transaction(
+            id=txn_id,
+            party_ref=party_ref,
+            type=TransactionType(intent.direction),
+            method=intent.method,
+            origin=TransactionOrigin.PARTNER,
+            status=TransactionStatus.SUBMITTING,
+            amount_cents=amount_cents,
+            currency="USD",
+            bakkt_ref=str(txn_id),
+            bakkt_idempotency_key=str(uuid.uuid5(_BAKKT_KEY_NAMESPACE, str(txn_id))),
+            bank_account_id=account.id if account else None,
+            wire_bank_name=wire.bank_name if wire else None,
+            wire_account_mask=wire.account_number[-4:] if wire else None,
+            submit_attempts=1,
+            # Recovery leaves it alone while this request may still be talking to Bakkt.
+            next_check_at=now + self.lease,
+            # The page cursor and the limit windows order by it: the database's clock.
+            created_at=now,
+            updated_at=now,
+        )
+        repo.add_transaction(session, txn)
+        await session.flush()
+        record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
+        await idempotency.record_intent(session, claimed, txn.id)
+        await session.commit()
+        return txn
+
+    async def _submit(self, txn: Transaction, wire: s.WireDestination | None) -> _SubmitResult:
+        request = TransferRequest(
+            party_ref=txn.party_ref,
+            transaction_ref=txn.bakkt_ref,
+            idempotency_key=cast(str, txn.bakkt_idempotency_key),
+            direction=TransferDirection.DEPOSIT
+            if txn.type == TransactionType.DEPOSIT
+            else TransferDirection.WITHDRAW,
+            method=TransferMethod(cast(str, txn.method)),
+            amount=Decimal(txn.amount_cents) / CENTS,
+            currency=txn.currency,
+            wire=None
+            if wire is None
+            else BakktWireDestination(
+                routing_number=wire.routing_number,
+                account_number=wire.account_number,
+                bank_name=wire.bank_name,
+                bank_address=wire.bank_address,
+                swift_code=wire.swift_code,
+            ),
+        )
+        try:
+            await self.bakkt.transfer(request)
+        except BakktRejected as exc:
+            return _Rejected(exc)
+        except BakktOutcomeUnknown as exc:
+            return _Unsettled(f"outcome unknown: {exc.last_error}", CHECK_UNKNOWN_AFTER)
+        except BakktRateLimited as exc:
+            wait = timedelta(seconds=exc.retry_after or CHECK_UNKNOWN_AFTER.total_seconds())
+            return _Unsettled("not sent: Bakkt rate limited it", max(wait, CHECK_UNKNOWN_AFTER))
+        except BakktError as exc:
+            return _Unsettled(f"not sent: {type(exc).__name__}", CHECK_UNKNOWN_AFTER)
+        return _Accepted()
+
+    async def _record_outcome(
+        self,
+        claimed: Claim,
+        txn_id: uuid.UUID,
+        result: _SubmitResult | None,
+        instance: str,
+    ) -> Outcome:
+        session = self.session
+        txn = await repo.lock_transaction(session, txn_id)
+        now = datetime.now(UTC)
+        if result is not None and claimed.resumed:
+            txn.submit_attempts += 1
+        if isinstance(result, _Accepted):
+            transition(
+                session,
+                txn,
+                TransactionStatus.PENDING,
+                source=HistorySource.API,
+                note="accepted by Bakkt",
+            )
+            if txn.status == TransactionStatus.PENDING:
+                txn.next_check_at = now + CHECK_PENDING_AFTER
+        elif isinstance(result, _Unsettled):
+            moved = transition(
+                session, txn, TransactionStatus.UNKNOWN, source=HistorySource.API, note=result.note
+            )
+            if moved:
+                txn.next_check_at = now + result.check_after
+        elif isinstance(result, _Rejected):
+            exc = result.error
+            moved = transition(
+                session,
+                txn,
+                TransactionStatus.FAILED,
+                source=HistorySource.API,
+                reason_code=exc.code,
+                reason_description=exc.consumer_message,
+                note=f"rejected by Bakkt: {exc.status} {exc.bakkt_type}",
+            )
+            if moved:
+                txn.next_check_at = None
+                log.info("transfer %s rejected by Bakkt: %s", txn.id, exc.bakkt_type)
+                body = problem_body(
+                    status=exc.http_status,
+                    code=exc.code,
+                    title=BAKKT_REJECTIONS[exc.code].title,
+                    detail=exc.consumer_message,
+                    instance=instance,
+                    extra={"transactionId": str(txn.id)},
+                )
+                if exc.http_status >= 500:
+                    # Our set-up is at fault, not the request: nothing is stored, so the same
+                    # key works again once an operator has fixed it.
+                    await idempotency.forget(session, claimed)
+                    await session.commit()
+                    return Outcome(exc.http_status, body)
+                return await self._finish(claimed, exc.http_status, body)
+        log.info("transfer %s is %s", txn.id, txn.status)
+        return await self._finish(claimed, 202, s.dump(transaction_out(txn)))
+
+    # --- bank accounts --------------------------------------------------------------------------
+
+    def _link_account_id(self, claimed: Claim) -> uuid.UUID:
+        return uuid.uuid5(_LINK_NAMESPACE, f"{claimed.key_id}:{claimed.created_at.isoformat()}")
+
+    async def _write_link(self, party_ref: str, claimed: Claim, method: LinkMethod) -> BankAccount:
+        session = self.session
+        party = await repo.lock_party(session, party_ref)
+        self._gate(party, Direction.DEPOSIT)
+        account_id = self._link_account_id(claimed)
+        now = await repo.db_now(session)
+        account = BankAccount(
+            id=account_id,
+            party_ref=party_ref,
+            # What Bakkt's BANK_ACCOUNT_LINK webhook will carry as partnerTransactionRef.
+            link_ref=str(account_id),
+            link_method=method,
+            status=BankAccountStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+        )
+        repo.add_bank_account(session, account)
+        await idempotency.record_intent(session, claimed, None)
+        await session.commit()
+        return account
+
+    async def _resume_or_write_link(
+        self, party_ref: str, claimed: Claim, method: LinkMethod
+    ) -> tuple[BankAccount, bool]:
+        """The link row (written now, or by an earlier holder of the key) and whether it is new."""
+        if claimed.intent_written:
+            account = await repo.get_bank_account(
+                self.session, party_ref, self._link_account_id(claimed)
+            )
+            await self.session.commit()
+            if account is not None:
+                return account, False
+        try:
+            return await self._write_link(party_ref, claimed, method), True
+        except AppError:
+            await idempotency.release(self.session, claimed)
+            raise
+
+    async def _abandon_link(self, claimed: Claim, account_id: uuid.UUID) -> None:
+        """Bakkt certainly did nothing: drop the row and the claim, so a retry starts afresh."""
+        await self.session.rollback()
+        await repo.delete_bank_account(self.session, account_id)
+        await idempotency.forget(self.session, claimed)
+        await self.session.commit()
+
+    async def create_link_session(
+        self, party_ref: str, body: s.LinkSessionRequest, idem: IdempotentRequest
+    ) -> Outcome:
+        claimed = await self._claim(idem)
+        if isinstance(claimed, Replay):
+            return Outcome(claimed.status, claimed.body, replayed=True)
+        account, _ = await self._resume_or_write_link(party_ref, claimed, LinkMethod.HOSTED)
+        redirect = str(body.redirect_uri) if body.redirect_uri else None
+        try:
+            # Asking again for a URL is harmless (an unused one expires), so a resumed claim
+            # simply asks again.
+            link = await self.bakkt.create_link_url(party_ref, account.link_ref, redirect)
+        except BakktError as exc:
+            await self._abandon_link(claimed, account.id)
+            raise unavailable_error(exc) from None
+        session_out = s.LinkSession(
+            bank_account_id=account.id, link_url=link.url, expires_at=link.expires_at
+        )
+        return await self._finish(claimed, 201, s.dump(session_out))
+
+    async def link_plaid(
+        self, party_ref: str, body: s.PlaidLinkRequest, idem: IdempotentRequest
+    ) -> Outcome:
+        claimed = await self._claim(idem)
+        if isinstance(claimed, Replay):
+            return Outcome(claimed.status, claimed.body, replayed=True)
+        account, new = await self._resume_or_write_link(party_ref, claimed, LinkMethod.PLAID)
+        if not new:
+            # The earlier holder may have sent the link already, and a link carries no
+            # idempotency key at Bakkt: never send it twice. Its webhook settles the row.
+            return await self._finish(claimed, 202, s.dump(bank_account_out(account)))
+        try:
+            await self.bakkt.link_plaid(
+                party_ref, account.link_ref, body.processor_token.get_secret_value()
+            )
+        except BakktRejected as exc:
+            locked = await repo.get_bank_account(self.session, party_ref, account.id, lock=True)
+            if locked is not None and locked.status == BankAccountStatus.PENDING:
+                locked.status = BankAccountStatus.FAILED
+                locked.reason_code = exc.code
+                locked.updated_at = datetime.now(UTC)
+            problem = problem_body(
+                status=exc.http_status,
+                code=exc.code,
+                title=BAKKT_REJECTIONS[exc.code].title,
+                detail=exc.consumer_message,
+                instance=idem.path,
+                extra={"bankAccountId": str(account.id)},
+            )
+            return await self._finish(claimed, exc.http_status, problem)
+        except BakktOutcomeUnknown:
+            # It may have reached Bakkt: the row stays PENDING and the link webhook decides.
+            log.warning("plaid link %s: outcome unknown, waiting for its webhook", account.id)
+        except BakktError as exc:
+            await self._abandon_link(claimed, account.id)
+            raise unavailable_error(exc) from None
+        # Bakkt's 200 only says it took the token: whether the bank links (and its name and
+        # mask) comes in the BANK_ACCOUNT_LINK webhook, so the account stays PENDING till then.
+        fresh = await repo.get_bank_account(self.session, party_ref, account.id)
+        return await self._finish(claimed, 202, s.dump(bank_account_out(fresh or account)))
+
+    async def list_bank_accounts(self, party_ref: str) -> s.BankAccountList:
+        rows = await repo.list_bank_accounts(self.session, party_ref)
+        return s.BankAccountList(items=[bank_account_out(a) for a in rows])
+
+    async def unlink(
+        self, party_ref: str, account_id: uuid.UUID, idem: IdempotentRequest
+    ) -> Outcome:
+        claimed = await self._claim(idem)
+        if isinstance(claimed, Replay):
+            return Outcome(claimed.status, claimed.body, replayed=True)
+        try:
+            account = await repo.get_bank_account(self.session, party_ref, account_id)
+            if account is None:
+                raise BankAccountNotFound("No bank account with this id.")
+            if account.status == BankAccountStatus.PENDING:
+                raise BankAccountLinkPending(
+                    "Wait for the link to finish (or fail) before removing it."
+                )
+        except AppError:
+            await idempotency.release(self.session, claimed)
+            raise
+        if account.status in (BankAccountStatus.FAILED, BankAccountStatus.UNLINKED):
+            return await self._finish(claimed, 200, s.dump(bank_account_out(account)))
+        await self.session.commit()
+        try:
+            await self.bakkt.unlink(party_ref, account.link_ref, Instrument.ACH)
+        except BakktRejected as exc:
+            # Bakkt holds no link for the party: what we wanted is already true.
+            if exc.code != "no_linked_bank_account":
+                await idempotency.release(self.session, claimed)
+                raise rejection_error(exc) from None
+        except BakktError as exc:
+            # Unlinking is naturally idempotent: the consumer may simply retry.
+            await idempotency.release(self.session, claimed)
+            raise unavailable_error(exc) from None
+        locked = await repo.get_bank_account(self.session, party_ref, account_id, lock=True)
+        assert locked is not None  # noqa: S101 - bank accounts are never deleted once linked
+        locked.status = BankAccountStatus.UNLINKED
+        locked.updated_at = datetime.now(UTC)
+        return await self._finish(claimed, 200, s.dump(bank_account_out(locked)))
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def list_transactions(self, party_ref: str, q: s.TransactionQuery) -> s.TransactionPage:
+        before = decode_cursor(q.cursor) if q.cursor else None
+        rows = await repo.list_transactions(
+            self.session,
+            party_ref,
+            limit=q.limit + 1,
+            before=before,
+            statuses=[str(v) for v in q.status],
+            types=[str(v) for v in q.type],
+            created_from=q.created_from,
+            created_to=q.created_to,
+        )
+        page: Sequence[Transaction] = rows[: q.limit]
+        next_cursor = encode_cursor(page[-1]) if len(rows) > q.limit else None
+        return s.TransactionPage(items=[transaction_out(t) for t in page], next_cursor=next_cursor)
+
+    async def get_transaction(
+        self, party_ref: str, transaction_id: uuid.UUID
+    ) -> s.TransactionDetail:
+        txn = await repo.get_transaction(self.session, party_ref, transaction_id)
+        if txn is None:
+            raise TransactionNotFound("No transaction with this id.")
+        entries = await repo.history(self.session, txn.id)
+        return s.TransactionDetail(
+            **transaction_out(txn).model_dump(),
+            history=[
+                s.HistoryEntryOut(
+                    from_status=TransactionStatus(h.from_status) if h.from_status else None,
+                    to=TransactionStatus(h.to_status),
+                    source=HistorySource(h.source),
+                    reason_code=h.reason_code,
+                    event_id=h.event_id,
+                    applied=h.applied,
+                    at=h.recorded_at,
+                )
+                for h in entries
+            ],
+        )
+
+    async def balance(self, party_ref: str) -> s.BalanceOut:
+        try:
+            found = await self.bakkt.balance(party_ref)
+        except BakktError as exc:
+            raise unavailable_error(exc) from None
+        return s.BalanceOut(
+            currency=found.currency,
+            settled=f"{found.settled:.2f}",
+            unsettled=f"{found.unsettled:.2f}",
+        )
+
+    async def wire_instructions(self, party_ref: str) -> s.WireInstructionsOut:
+        party = await repo.get_party(self.session, party_ref)
+        await self.session.commit()
+        if party is not None:
+            # Instructions are for depositing: the same gate as a deposit.
+            self._gate(party, Direction.DEPOSIT)
+        try:
+            found = await self.bakkt.wire_instructions(party_ref)
+        except BakktError as exc:
+            raise unavailable_error(exc) from None
+        return s.WireInstructionsOut(
+            reference_number=found.reference_number,
+            routing_number=found.routing_number,
+            account_number=found.account_number,
+            swift_code=found.swift_code,
+            bank_name=found.bank_name,
+            bank_address=found.bank_address,
+            beneficiary_name=found.beneficiary_name,
+            beneficiary_address=found.beneficiary_address,
+        )

@@ -1,0 +1,218 @@
+"""Consumer idempotency keys, Stripe's design in Postgres.
+
+A request claims its key before it does anything; the claim is a lease (`locked_until`). The
+outcome is stored with the key and replayed to every later request with the same key and the
+same request. A claim whose holder died (its lease ran out) is taken over by the next retry,
+which resumes from the key's recovery point instead of starting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.errors import AppError, Conflict, Unprocessable
+from app.idempotency import repository as repo
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+_KEY_SYNTAX = re.compile(r"^[\x20-\x7e]{8,255}$")
+
+
+class IdempotencyKeyMissing(AppError):
+    status_code = 400
+    code = "idempotency_key_missing"
+    title = "The Idempotency-Key header is required"
+
+
+class IdempotencyKeyInvalid(AppError):
+    status_code = 400
+    code = "idempotency_key_invalid"
+    title = "The Idempotency-Key header must be 8-255 printable ASCII characters"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "idempotency_key_reused"
+    title = "This Idempotency-Key was used for a different request"
+
+
+class IdempotencyRequestInProgress(Conflict):
+    code = "idempotency_request_in_progress"
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+def parse_key(raw: str | None) -> str:
+    if raw is None or raw == "":
+        raise IdempotencyKeyMissing(
+            "Send an `Idempotency-Key` header (for example a UUID) with every POST and DELETE."
+        )
+    if not _KEY_SYNTAX.match(raw):
+        raise IdempotencyKeyInvalid()
+    return raw
+
+
+def lease_for(settings: Settings) -> timedelta:
+    """Longer than one request can take (every Bakkt attempt timing out, plus backoff), so a
+    lease only runs out when its holder is gone."""
+    attempts = settings.bakkt_transfer_max_attempts
+    per_attempt = (
+        settings.bakkt_connect_timeout
+        + settings.bakkt_read_timeout
+        + settings.bakkt_pool_timeout
+        + settings.bakkt_retry_backoff_cap
+    )
+    return timedelta(seconds=max(30.0, attempts * per_attempt + 10.0))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _canonical({name: getattr(value, name) for name in type(value).model_fields})
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, SecretStr):
+        # Hashed on its own so the canonical text never holds the secret.
+        return {"sha256": hashlib.sha256(value.get_secret_value().encode()).hexdigest()}
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, uuid.UUID | datetime | date):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def fingerprint(method: str, path: str, payload: Any) -> str:
+    """sha256 of the method, the path and the validated body in canonical JSON, so "10" and
+    "10.00", or the same fields in another order, are the same request."""
+    body = json.dumps(_canonical(payload), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{method.upper()}\n{path}\n{body}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    party_ref: str
+    key: str
+    method: str
+    path: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """We hold the key. `recovery_point` and `transaction_id` say how far an earlier holder got."""
+
+    key_id: int
+    # With key_id, names this claim for good: an expired key that is claimed again gets a new
+    # created_at, so what was derived from the old claim is not mistaken for the new one's.
+    created_at: datetime
+    recovery_point: str
+    transaction_id: uuid.UUID | None
+    resumed: bool
+
+    @property
+    def intent_written(self) -> bool:
+        return self.recovery_point == repo.INTENT_WRITTEN
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    status: int
+    body: Any
+
+
+async def claim(
+    session: AsyncSession, req: IdempotentRequest, *, lease: timedelta, ttl: timedelta
+) -> Claim | Replay:
+    """Claim the key (committed at once, so duplicates see it) or say what to answer instead."""
+    for _ in range(3):
+        row = await repo.claim_new(
+            session,
+            party_ref=req.party_ref,
+            key=req.key,
+            method=req.method,
+            path=req.path,
+            fingerprint=req.fingerprint,
+            lease=lease,
+            ttl=ttl,
+        )
+        if row is not None:
+            await session.commit()
+            return Claim(row.id, row.created_at, row.recovery_point, None, resumed=False)
+        found = await repo.get_with_now(session, req.party_ref, req.key)
+        if found is None:
+            # The holder released it (its request failed before writing anything): claim anew.
+            await session.rollback()
+            continue
+        existing, now = found
+        if existing.fingerprint != req.fingerprint:
+            await session.rollback()
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used with a different method, path or body. "
+                "Use a new key for a new request."
+            )
+        if existing.recovery_point == repo.FINISHED and existing.response_status is not None:
+            await session.rollback()
+            return Replay(existing.response_status, existing.response_body)
+        if existing.locked_until is not None and existing.locked_until > now:
+            await session.rollback()
+            raise IdempotencyRequestInProgress(
+                "The first request with this key has not finished yet; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        taken = await repo.take_over(session, existing.id, lease)
+        if taken is not None:
+            await session.commit()
+            return Claim(
+                taken.id,
+                taken.created_at,
+                taken.recovery_point,
+                taken.transaction_id,
+                resumed=True,
+            )
+        await session.rollback()
+    raise IdempotencyRequestInProgress(
+        "The request with this key is changing hands; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def record_intent(
+    session: AsyncSession, claim_: Claim, transaction_id: uuid.UUID | None
+) -> None:
+    """Part of the caller's transaction: commits together with the intent it points at."""
+    await repo.set_intent(session, claim_.key_id, transaction_id)
+
+
+async def finish(session: AsyncSession, claim_: Claim, status: int, body: Any) -> tuple[int, Any]:
+    """Store the response (in the caller's transaction). Returns what the key now answers: ours,
+    or the first one if another holder finished before us."""
+    if await repo.finish(session, claim_.key_id, status, body):
+        return status, body
+    earlier = await repo.stored_response(session, claim_.key_id)
+    return earlier if earlier is not None else (status, body)
+
+
+async def forget(session: AsyncSession, claim_: Claim) -> None:
+    """Drop an unfinished claim, in the caller's transaction: nothing will be replayed for it."""
+    await repo.delete_unfinished(session, claim_.key_id)
+
+
+async def release(session: AsyncSession, claim_: Claim) -> None:
+    """Forget an unfinished claim whose request failed before anything happened, so the caller
+    may fix the request and retry with the same key."""
+    await session.rollback()
+    await forget(session, claim_)
+    await session.commit()
