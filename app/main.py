@@ -18,6 +18,7 @@ from app.db import create_engine, create_session_factory
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(funding_router)
+    app.include_router(webhooks_router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
