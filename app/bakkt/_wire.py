@@ -191,7 +191,7 @@ def transaction_page(body: Any) -> tuple[list[BakktTransaction], str | None]:
 def link_url(body: Any) -> LinkUrl:
     # shared/bakkt/DECISIONS.md A2.
     obj = mapping(body, "link URL response")
-    return LinkUrl(url=text(obj, "linkUrl", "linkURL"), expires_at=time(obj, "expiresAt"))
+    return LinkUrl(url=text(obj, "linkUrl"), expires_at=time(obj, "expiresAt"))
 
 
 def balance(body: Any, currency: str) -> Balance:

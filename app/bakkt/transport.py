@@ -41,7 +41,6 @@ def build_http_client(config: BakktConfig) -> httpx.AsyncClient:
 
 @dataclass(frozen=True, slots=True)
 class TransportFailure:
-    kind: str  # "connect", "timeout" or "dropped"
     # False only when the request provably never left this process (no connection was made).
     may_have_reached_bakkt: bool
     message: str
@@ -62,14 +61,12 @@ def classify(exc: BaseException) -> TransportFailure:
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
     if isinstance(cause, aiohttp.ClientError):
         if isinstance(cause, aiohttp.ConnectionTimeoutError):
-            return TransportFailure("connect", False, "connect timeout")
+            return TransportFailure(False, "connect timeout")
         if isinstance(cause, aiohttp.ClientConnectorError):
-            return TransportFailure("connect", False, "connection failed")
+            return TransportFailure(False, "connection failed")
         if isinstance(cause, aiohttp.ServerTimeoutError):
-            return TransportFailure("timeout", True, "read timeout")
-        return TransportFailure("dropped", True, f"connection lost ({type(cause).__name__})")
+            return TransportFailure(True, "read timeout")
+        return TransportFailure(True, f"connection lost ({type(cause).__name__})")
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return TransportFailure("connect", False, type(exc).__name__)
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return TransportFailure("timeout", True, type(exc).__name__)
-    return TransportFailure("dropped", True, type(exc).__name__)
+        return TransportFailure(False, type(exc).__name__)
+    return TransportFailure(True, type(exc).__name__)
