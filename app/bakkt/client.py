@@ -492,7 +492,7 @@ class BakktClient:
 
             status = response.status_code
             log.log(
-                logging.DEBUG if status < 400 else logging.WARNING,
+                _log_level(status),
                 "bakkt %s -> %d in %.1f ms (attempt %d, tracking %s)",
                 op,
                 status,
@@ -558,6 +558,13 @@ class BakktClient:
         cfg = self._config
         capped = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (attempt - 1))
         return capped * (1.0 - cfg.backoff_jitter * self._rng.random())
+
+
+def _log_level(status: int) -> int:
+    # 4xx are answers (a look-up of an unknown ref is routine); 5xx and 429 are trouble.
+    if status >= 500 or status == 429:
+        return logging.WARNING
+    return logging.INFO if status >= 400 else logging.DEBUG
 
 
 def _retry_after(response: httpx.Response) -> float | None:
