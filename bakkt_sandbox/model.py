@@ -1,5 +1,6 @@
 """The sandbox's objects and their wire shapes (CONTRACT.md §2, §5; DECISIONS.md A5, A8)."""
 
+import functools
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -134,10 +135,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_ms(ms: int) -> str:
     """ISO-8601 UTC with milliseconds, the precision every stored timestamp is truncated to."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    return f"{_iso_seconds(seconds)}.{millis:03d}Z"
 
 
 def parse_iso(value: str) -> int:

@@ -54,13 +54,15 @@ class Attempt:
 class Delivery:
     id: int
     event: dict[str, Any]
-    body: bytes
     created_ms: int
     duplicate_of: int | None = None
     # pending -> delivered | failed (retries exhausted); dropped/skipped are never sent.
     state: str = "pending"
     attempts: list[Attempt] = field(default_factory=list)
     delivered_ms: int | None = None
+    # Serialized at the first attempt and shared with duplicates: every redelivery of an
+    # event carries the same bytes (and so the same signature input apart from the timestamp).
+    body: bytes | None = None
 
     @property
     def request_id(self) -> str:
@@ -146,12 +148,11 @@ class WebhookDispatcher:
     # -- publishing ---------------------------------------------------------------------------
 
     def publish(self, event: dict[str, Any]) -> None:
-        body = json.dumps(event, separators=(",", ":")).encode()
-        first = self._record(event, body, None)
+        first = self._record(event, None)
         copies = [first]
         modes = self.modes
         if modes.duplicate_rate and self._rng.random() < modes.duplicate_rate:
-            copies.append(self._record(event, body, first.id))
+            copies.append(self._record(event, first.id))
         for delivery in copies:
             if modes.drop_rate and self._rng.random() < modes.drop_rate:
                 delivery.state = "dropped"
@@ -160,8 +161,8 @@ class WebhookDispatcher:
             else:
                 self._enqueue(delivery)
 
-    def _record(self, event: dict[str, Any], body: bytes, duplicate_of: int | None) -> Delivery:
-        delivery = Delivery(next(self._ids), event, body, now_ms(), duplicate_of)
+    def _record(self, event: dict[str, Any], duplicate_of: int | None) -> Delivery:
+        delivery = Delivery(next(self._ids), event, now_ms(), duplicate_of)
         self.deliveries.append(delivery)
         self._by_id[delivery.id] = delivery
         return delivery
@@ -222,6 +223,11 @@ class WebhookDispatcher:
             delivery.state = "skipped"
             return
         assert self._session is not None  # noqa: S101 - workers run only after start()
+        if delivery.body is None:
+            original = self._by_id.get(delivery.duplicate_of or delivery.id, delivery)
+            if original.body is None:
+                original.body = json.dumps(delivery.event, separators=(",", ":")).encode()
+            delivery.body = original.body
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
