@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     bakkt_transfer_max_attempts: int = Field(default=4, ge=1)
     bakkt_retry_backoff_base: float = Field(default=0.2, ge=0)
     bakkt_retry_backoff_cap: float = Field(default=5.0, ge=0)
+    bakkt_backoff_jitter: float = Field(default=1.0, ge=0, le=1)
+    bakkt_write_timeout: float = Field(default=10.0, gt=0)
+    # A 429 asking for a longer wait than this is not waited out inside a consumer's request.
+    bakkt_max_retry_after: float = Field(default=10.0, ge=0)
+    bakkt_token_refresh_margin: float = Field(default=60.0, ge=0)
 
     # Comma-separated so a secret can rotate: the new one is added, the old one removed later.
     bakkt_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(

@@ -32,11 +32,15 @@ def bakkt_config(settings: Settings) -> BakktConfig:
         connect_timeout=settings.bakkt_connect_timeout,
         read_timeout=settings.bakkt_read_timeout,
         pool_timeout=settings.bakkt_pool_timeout,
+        write_timeout=settings.bakkt_write_timeout,
         max_connections=settings.bakkt_max_connections,
         transport=settings.bakkt_transport,
         max_attempts=settings.bakkt_transfer_max_attempts,
         backoff_base=settings.bakkt_retry_backoff_base,
         backoff_cap=settings.bakkt_retry_backoff_cap,
+        backoff_jitter=settings.bakkt_backoff_jitter,
+        max_retry_after=settings.bakkt_max_retry_after,
+        token_refresh_margin=settings.bakkt_token_refresh_margin,
     )
 
 
