@@ -137,6 +137,30 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if settings.app_env.value == "production":
+        print("refusing to mint development tokens with APP_ENV=production", file=sys.stderr)
+        return 2
+    from app.auth.dev_token import mint_dev_token
+
+    print(mint_dev_token(settings, args.party, admin=args.admin, ttl_seconds=args.ttl))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    # The benchmarks live in the source checkout, not in the installed package.
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        from benchmarks import bakkt_client
+    except ImportError:
+        print("run `fiat-onramp bench` from a source checkout (benchmarks/)", file=sys.stderr)
+        return 2
+    sys.argv = ["benchmarks.bakkt_client", *args.bench_args]
+    bakkt_client.main()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiat-onramp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8081)
     sandbox.set_defaults(func=cmd_sandbox)
+
+    token = sub.add_parser("token", help="print a development consumer token (HS256 secret)")
+    token.add_argument("--party", required=True, help="the partnerPartyRef the token is for")
+    token.add_argument("--admin", action="store_true", help="add the admin scope")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    bench = sub.add_parser("bench", help="the Bakkt client benchmark (transfers/s, p50/p99)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
