@@ -24,6 +24,9 @@ logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The sandbox's fixtures (`bakkt_sandbox`, `fresh_bakkt_sandbox`), as partners' CI uses them.
+pytest_plugins = ["bakkt_sandbox.pytest_plugin"]
+
 
 def _asyncpg_dsn(sqlalchemy_url: str) -> str:
     return str(make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False))
