@@ -157,22 +157,28 @@ async def claim(
             await session.rollback()
             continue
         existing, now = found
-        if existing.fingerprint != req.fingerprint:
+        # Read before the rollback below, which expires the row.
+        same_request = existing.fingerprint == req.fingerprint
+        finished = existing.recovery_point == repo.FINISHED and existing.response_status is not None
+        stored = Replay(existing.response_status or 0, existing.response_body)
+        leased = existing.locked_until is not None and existing.locked_until > now
+        key_id = existing.id
+        if not same_request:
             await session.rollback()
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was already used with a different method, path or body. "
                 "Use a new key for a new request."
             )
-        if existing.recovery_point == repo.FINISHED and existing.response_status is not None:
+        if finished:
             await session.rollback()
-            return Replay(existing.response_status, existing.response_body)
-        if existing.locked_until is not None and existing.locked_until > now:
+            return stored
+        if leased:
             await session.rollback()
             raise IdempotencyRequestInProgress(
                 "The first request with this key has not finished yet; retry shortly.",
                 headers={"Retry-After": "1"},
             )
-        taken = await repo.take_over(session, existing.id, lease)
+        taken = await repo.take_over(session, key_id, lease)
         if taken is not None:
             await session.commit()
             return Claim(
