@@ -25,7 +25,7 @@ from aiohttp import web
 from bakkt_sandbox.config import FaultMode, SandboxSettings
 from bakkt_sandbox.server import SandboxServer
 
-Amount = Decimal | int | str
+Amount = Decimal | int | float | str
 
 
 class TransferRecord(TypedDict):

@@ -26,13 +26,23 @@ async def test_error_fault_answers_5xx_with_a_public_api_error_for_the_next_n_re
     assert (fault["hits"], fault["exhausted"]) == (2, True)
 
 
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (500, "INTERNAL_SERVER_ERROR"),
+        (502, "BAD_GATEWAY"),
+        (503, "SERVICE_UNAVAILABLE"),
+        (504, "GATEWAY_TIMEOUT"),
+        (599, "INTERNAL_SERVER_ERROR"),
+    ],
+)
 async def test_error_fault_body_is_a_public_api_error(
-    bakkt_sandbox: RunningSandbox, partner: Partner, party: str
+    bakkt_sandbox: RunningSandbox, partner: Partner, party: str, status: int, kind: str
 ) -> None:
-    await bakkt_sandbox.set_fault("getFiatAccountBalance", "error", status=500)
+    await bakkt_sandbox.set_fault("getFiatAccountBalance", "error", status=status)
     resp = await partner.get(party, "/fiatAccount/balance")
-    assert resp.status_code == 500
-    assert resp.json()["type"] == "INTERNAL_SERVER_ERROR"
+    assert resp.status_code == status
+    assert resp.json()["type"] == kind
 
 
 async def test_faults_apply_only_to_their_operation(
