@@ -40,7 +40,7 @@ from app.funding.models import (
     TransactionType,
 )
 from app.funding.models import TransactionStatus as Status
-from app.funding.state import from_bakkt_status, record_creation, transition
+from app.funding.state import ALLOWED_MOVES, from_bakkt_status, record_creation, transition
 from app.webhooks import repository as repo
 from app.webhooks.models import EventStatus, WebhookEvent
 from app.webhooks.verify import VerifiedWebhook
@@ -380,6 +380,7 @@ async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime)
         return await _hold(session, txn, event, target, mismatch, now=now)
 
     reason_code = _clip(bakkt.reason_code, 64)
+    before = Status(txn.status)
     moved = transition(
         session,
         txn,
@@ -404,7 +405,31 @@ async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime)
         note = await _return_policy(session, txn, bakkt.kind, reason_code, now=now)
         if note:
             notes.append(note)
+    if not moved and _contradicts(before, target):
+        # Not a late or repeated event: Bakkt and we tell different stories (typically a
+        # transfer we gave up as FAILED that Bakkt did accept). The table keeps our state;
+        # an operator decides.
+        return Outcome(
+            EventStatus.IGNORED,
+            f"Bakkt reports {target} for a transaction that is {before}",
+            Alert(
+                "transaction_state_conflict",
+                f"transaction {txn.id}",
+                {"requestId": event.event_id, "ours": before, "bakkt": target},
+            ),
+        )
     return Outcome(EventStatus.APPLIED if moved else EventStatus.IGNORED, "; ".join(notes))
+
+
+def _contradicts(current: Status, target: Status) -> bool:
+    """A refused move that no delay or redelivery explains."""
+    if current is Status.FAILED:
+        # Ours alone (Bakkt never reports it): any word from Bakkt means it did take the transfer.
+        return True
+    if target == current or target is Status.PENDING or target in ALLOWED_MOVES[current]:
+        return False
+    # A late COMPLETE after a return that followed it.
+    return not (current is Status.RETURNED and target is Status.COMPLETED)
 
 
 async def _create_bakkt_transaction(

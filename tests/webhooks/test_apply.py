@@ -145,6 +145,39 @@ async def test_a_return_after_completion_moves_to_returned_with_its_r_code(
     assert (txn.status, txn.reason_code, txn.reason_description) == ("RETURNED", "R01", "NSF")
 
 
+@pytest.mark.parametrize(
+    ("ours", "bakkt"),
+    [
+        ("FAILED", "COMPLETE"),
+        ("FAILED", "PENDING"),
+        ("DECLINED", "COMPLETE"),
+        ("COMPLETED", "CANCELLED"),
+    ],
+)
+async def test_an_event_contradicting_our_final_state_is_flagged_not_applied(
+    client: httpx.AsyncClient, session: AsyncSession, ours: str, bakkt: str
+) -> None:
+    await _seed_deposit(session, status=ours)
+    response = await deliver(client, _dep("e-1", bakkt))
+    assert response.json()["status"] == "IGNORED"
+    assert (await _txn(session, "t-apply")).status == ours
+    [alert] = await _alerts(session, "transaction_state_conflict")
+    assert alert.data["ours"] == ours
+    assert (await _event(session, "e-1")).needs_operator
+
+
+@pytest.mark.parametrize(
+    ("ours", "bakkt"),
+    [("COMPLETED", "PENDING"), ("RETURNED", "COMPLETE"), ("DECLINED", "DECLINED")],
+)
+async def test_late_or_repeated_events_are_not_flagged(
+    client: httpx.AsyncClient, session: AsyncSession, ours: str, bakkt: str
+) -> None:
+    await _seed_deposit(session, status=ours)
+    assert (await deliver(client, _dep("e-1", bakkt))).json()["status"] == "IGNORED"
+    assert await _alerts(session, "transaction_state_conflict") == []
+
+
 # -- amount and currency checks ------------------------------------------------------------------
 
 
