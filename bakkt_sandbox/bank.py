@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import heapq
 import itertools
+import logging
 import secrets
 import time
 import uuid
@@ -42,6 +43,7 @@ from bakkt_sandbox.model import (
 )
 
 Publish = Callable[[dict[str, Any]], None]
+log = logging.getLogger("bakkt_sandbox.bank")
 
 ACH_WITHDRAW_MINIMUM = Decimal("10")
 MAX_LINK_REF = 255
@@ -562,7 +564,10 @@ class Bank:
     async def run_timers(self) -> None:
         last_sweep = time.monotonic()
         while True:
-            self.run_due()
+            try:
+                self.run_due()
+            except Exception:  # a bug in one move must not stop every later one
+                log.exception("planned transaction move failed")
             if time.monotonic() - last_sweep > 10:
                 self.sweep_keys()
                 last_sweep = time.monotonic()

@@ -86,6 +86,9 @@ class SandboxSettings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0)
     webhook_concurrency: int = Field(default=32, ge=1)
     webhook_modes: WebhookModes = Field(default_factory=WebhookModes)
+    # Delivered or skipped deliveries kept for `GET /sandbox/webhooks`; older ones are forgotten
+    # so a long benchmark does not grow without bound. Failed, dropped and pending ones stay.
+    webhook_history: int = Field(default=50_000, ge=1)
 
     faults: list[FaultSpec] = Field(default_factory=list)
     fault_seed: int = 0

@@ -165,7 +165,17 @@ class WebhookDispatcher:
         delivery = Delivery(next(self._ids), event, now_ms(), duplicate_of)
         self.deliveries.append(delivery)
         self._by_id[delivery.id] = delivery
+        if len(self.deliveries) > self.settings.webhook_history * 5 // 4:
+            self._forget_finished()
         return delivery
+
+    def _forget_finished(self) -> None:
+        finished = [d for d in self.deliveries if d.state in ("delivered", "skipped")]
+        forget = {d.id for d in finished[: len(finished) - self.settings.webhook_history]}
+        if forget:
+            self.deliveries = [d for d in self.deliveries if d.id not in forget]
+            for delivery_id in forget:
+                del self._by_id[delivery_id]
 
     def _enqueue(self, delivery: Delivery) -> None:
         if not self.modes.reorder:

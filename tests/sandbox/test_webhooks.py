@@ -248,3 +248,16 @@ async def test_webhook_list_filters_by_type_party_and_transaction(
     }
     [one] = await sandbox.webhooks(transaction_ref="f-1")
     assert one["event"]["transactionStatus"] == "PENDING"
+
+
+async def test_old_finished_deliveries_are_forgotten_beyond_the_history() -> None:
+    async with running_sandbox(time_scale=0, webhook_url="", webhook_history=4) as sb:
+        await sb.set_webhook_mode(drop_rate=1.0)
+        await sb.set_party_status("party-hist", "SUSPENDED")
+        await sb.set_webhook_mode(drop_rate=0.0)
+        for _ in range(10):
+            await sb.set_party_status("party-hist", "ACTIVE")
+        deliveries = await sb.webhooks()
+        assert deliveries[0]["state"] == "dropped"
+        assert 4 <= sum(d["state"] == "skipped" for d in deliveries) <= 5
+        assert deliveries[-1]["id"] == 11
