@@ -144,3 +144,33 @@ async def test_hundreds_of_concurrent_deliveries_store_each_event_once_and_apply
         calm = await final_state(conn, _parties(calm_flows, calm_ns))
         burst = await final_state(conn, _parties(burst_flows, burst_ns))
     assert _normalized(burst, burst_ns) == _normalized(calm, calm_ns)
+
+
+async def test_one_event_delivered_two_hundred_times_at_once_is_stored_and_applied_once(
+    live_client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    ns = uuid.uuid4().hex[:8]
+    event = fiat(
+        f"same-{ns}", party=f"same-{ns}", ref=f"bakkt-wire-same-{ns}", kind="WIRE_DEPOSIT",
+        status="COMPLETE", amount="75.00", at=T0,
+    )  # fmt: skip
+    responses = await asyncio.gather(*(deliver(live_client, event) for _ in range(200)))
+    assert Counter(r.status_code for r in responses) == {200: 200}
+    assert sum(1 for r in responses if not r.json()["duplicate"]) == 1
+    async with AsyncSession(engine) as session:
+        stored = await session.execute(
+            select(func.count())
+            .select_from(WebhookEvent)
+            .where(WebhookEvent.request_id == f"same-{ns}")
+        )
+        assert stored.scalar_one() == 1
+        history = await session.execute(
+            select(func.count())
+            .select_from(TransactionHistory)
+            .where(TransactionHistory.event_id == f"same-{ns}")
+        )
+        assert history.scalar_one() == 1
+        txns = await session.execute(
+            select(Transaction.status).where(Transaction.party_ref == f"same-{ns}")
+        )
+        assert txns.scalars().all() == ["COMPLETED"]
