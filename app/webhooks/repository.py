@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +28,8 @@ from app.funding.models import (
     TransactionOrigin,
 )
 from app.webhooks.models import EventStatus, WebhookEvent
+
+ORPHAN_WINDOW = timedelta(days=7)
 
 # -- webhook events ------------------------------------------------------------------------------
 
@@ -206,7 +208,8 @@ async def link_orphan_relations(
     session: AsyncSession, *, related_ref: str | None = None, now: datetime
 ) -> int:
     """Point Bakkt-started rows (fees, adjustments) at the transfer their event named, once that
-    transfer is known. `related_ref` narrows it to one transfer; None sweeps all."""
+    transfer is known. `related_ref` narrows it to one transfer; None sweeps the events of the
+    last ORPHAN_WINDOW (bounded work on every run; older gaps are reconciliation's)."""
     related = Transaction.__table__.alias("related")
     conditions = [
         WebhookEvent.transaction_ref == Transaction.bakkt_ref,
@@ -219,6 +222,7 @@ async def link_orphan_relations(
         conditions.append(WebhookEvent.related_ref == related_ref)
     else:
         conditions.append(WebhookEvent.related_ref.is_not(None))
+        conditions.append(WebhookEvent.received_at >= func.now() - ORPHAN_WINDOW)
     statement = (
         update(Transaction)
         .where(*conditions)

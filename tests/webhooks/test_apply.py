@@ -412,6 +412,23 @@ async def test_a_fee_before_its_transfer_is_created_and_linked_once_the_transfer
     assert (await _txn(session, "bakkt-fee-1")).related_transaction_id == transfer.id
 
 
+async def test_rematch_links_a_fee_to_a_transfer_that_appeared_without_any_webhook(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    fee = fiat(
+        "f-1", party=P, ref="bakkt-fee-3", kind="ACH_RETURN_FEE", status="COMPLETE", amount="15",
+        at=_at(5), related="t-apply",
+    )  # fmt: skip
+    await deliver(client, fee)
+    # As reconciliation would insert it: no event of its own ever names it.
+    await _seed_deposit(session, status="RETURNED")
+    assert await rematch_parked(session_factory) == 0
+    transfer = await _txn(session, "t-apply")
+    assert (await _txn(session, "bakkt-fee-3")).related_transaction_id == transfer.id
+
+
 async def test_a_fee_is_linked_by_the_next_event_of_its_transfer(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
