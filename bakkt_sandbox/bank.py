@@ -416,7 +416,7 @@ class Bank:
                 400,
                 "INSUFFICIENT_BALANCE",
                 "The account does not have enough available balance for action of value "
-                f"{money(amount):g} dollars",
+                f"{amount.normalize():f} dollars",
             )
 
         tx_type = TxType(f"{instrument}_{direction}")

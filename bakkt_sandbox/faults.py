@@ -102,8 +102,8 @@ class FaultRegistry:
                 spec.phase == "after" and spec.mode in ("error", "timeout", "drop")
             )
             slot = "after" if after else "before"
-            # The first terminal fault of a phase wins; later ones do not count a hit.
-            if getattr(decision, slot) is None and decision.before is None:
+            # The first terminal fault wins; later ones neither apply nor count a hit.
+            if decision.before is None and decision.after is None:
                 fault.hits += 1
                 setattr(decision, slot, fault)
                 decision.hit.append(fault)

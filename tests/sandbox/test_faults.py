@@ -254,3 +254,20 @@ def test_initial_faults_parse_from_the_environment(monkeypatch: pytest.MonkeyPat
         ("transferFiatCurrency", "accept_then_drop", 3, 0),
         ("*", "latency", None, 20),
     ]
+
+
+async def test_the_first_terminal_fault_wins_and_latencies_add_up(
+    bakkt_sandbox: RunningSandbox, partner: Partner, linked_party: str
+) -> None:
+    await bakkt_sandbox.set_fault("transferFiatCurrency", "latency", latency_ms=100, count=1)
+    await bakkt_sandbox.set_fault("*", "latency", latency_ms=100, count=1)
+    await bakkt_sandbox.set_fault("transferFiatCurrency", "accept_then_drop", count=1)
+    await bakkt_sandbox.set_fault("transferFiatCurrency", "rate_limit", count=1)
+    started = time.monotonic()
+    with pytest.raises(httpx.TransportError):
+        await partner.transfer(linked_party, 10, ref="first-wins")
+    assert time.monotonic() - started >= 0.2
+    hits = [f["hits"] for f in await bakkt_sandbox.faults()]
+    assert hits == [1, 1, 1, 0]
+    # The rate-limit fault is still armed for the next request.
+    assert (await partner.transfer(linked_party, 10)).status_code == 429

@@ -558,6 +558,9 @@ async def test_withdrawals_need_enough_settled_balance(
     resp = await partner.transfer(linked_party, 50, "WITHDRAW")
     assert resp.status_code == 400
     assert error_type(resp) == "INSUFFICIENT_BALANCE"
+    assert resp.json()["description"].endswith("for action of value 50 dollars")
+    big = await partner.transfer(linked_party, 1234567.5, "WITHDRAW")
+    assert big.json()["description"].endswith("for action of value 1234567.5 dollars")
     await bakkt_sandbox.settle("unsettled", linked_party)
     assert (await partner.transfer(linked_party, 50, "WITHDRAW")).status_code == 200
 
