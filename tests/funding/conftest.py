@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -60,31 +61,42 @@ def party() -> str:
     return f"p-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-async def api(
-    api_settings: Settings, engine: AsyncEngine, connection: AsyncConnection, bakkt: BakktClient
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app over ASGI, its sessions joined to the test's rolled-back transaction."""
-    app = create_app(api_settings, engine=engine, bakkt=bakkt)
-    async with app.router.lifespan_context(app):
-        factory = create_session_factory(connection)  # type: ignore[arg-type]
-        factory.configure(join_transaction_mode="create_savepoint")
-        app.state.session_factory = factory
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
-
-
-@pytest.fixture
-async def live_api(
+@pytest.fixture(scope="session")
+async def shared_app(
     api_settings: Settings, engine: AsyncEngine, bakkt: BakktClient
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with a real connection pool, for concurrency: its data is committed."""
+) -> AsyncIterator[FastAPI]:
+    """One app for the run: building one per test costs more than most tests themselves."""
     app = create_app(api_settings, engine=engine, bakkt=bakkt)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+        yield app
+
+
+@pytest.fixture
+async def api(shared_app: FastAPI, connection: AsyncConnection) -> AsyncIterator[httpx.AsyncClient]:
+    """The app over ASGI, its sessions joined to the test's rolled-back transaction."""
+    factory = create_session_factory(connection)  # type: ignore[arg-type]
+    factory.configure(join_transaction_mode="create_savepoint")
+    shared_app.state.session_factory = factory
+    transport = httpx.ASGITransport(app=shared_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def live_app(
+    api_settings: Settings, engine: AsyncEngine, bakkt: BakktClient
+) -> AsyncIterator[FastAPI]:
+    app = create_app(api_settings, engine=engine, bakkt=bakkt)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def live_api(live_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with a real connection pool, for concurrency: its data is committed."""
+    transport = httpx.ASGITransport(app=live_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
 
 
 TokenFactory = Callable[..., dict[str, str]]

@@ -304,7 +304,7 @@ async def test_a_duplicate_while_the_first_is_in_flight_gets_409_then_the_replay
     headers: dict[str, str],
     live_linked: str,
 ) -> None:
-    await sandbox.set_fault("transferFiatCurrency", "latency", latency_ms=1000)
+    await sandbox.set_fault("transferFiatCurrency", "latency", latency_ms=500)
     same = with_key(headers)
     url = f"/v1/parties/{party}/deposits"
     first = asyncio.create_task(live_api.post(url, json={"amount": "10.00"}, headers=same))

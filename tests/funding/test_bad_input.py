@@ -1,0 +1,219 @@
+"""Bad input gets a 4xx with a clear code, nothing reaches Bakkt and nothing changes in the
+database; rejected values are never echoed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from bakkt_sandbox.testing import RunningSandbox
+from tests.funding.conftest import TokenFactory
+from tests.funding.helpers import Execute, link_account, with_key
+
+WIRE = {"routingNumber": "021000021", "accountNumber": "000123456789", "bankName": "Chase"}
+
+
+@pytest.fixture
+def headers(auth: TokenFactory, party: str) -> dict[str, str]:
+    return auth(party)
+
+
+@pytest.fixture
+async def linked(api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str]) -> str:
+    return await link_account(api, sql, party, headers)
+
+
+async def snapshot(sql: Execute, party: str) -> tuple[int, ...]:
+    result = await sql(
+        "SELECT (SELECT count(*) FROM parties WHERE party_ref = :p),"
+        " (SELECT count(*) FROM idempotency_keys WHERE party_ref = :p),"
+        " (SELECT count(*) FROM bank_accounts WHERE party_ref = :p),"
+        " (SELECT count(*) FROM transactions WHERE party_ref = :p),"
+        " (SELECT count(*) FROM transaction_history h JOIN transactions t"
+        "  ON t.id = h.transaction_id WHERE t.party_ref = :p)",
+        {"p": party},
+    )
+    return tuple(result.one())
+
+
+BAD_AMOUNTS: list[tuple[Any, str]] = [
+    (10.5, "JSON numbers are refused"),
+    (10, "JSON numbers are refused"),
+    (None, "JSON numbers are refused"),
+    (True, "JSON numbers are refused"),
+    ("-5.00", "greater than 0"),
+    ("0", "greater than 0"),
+    ("0.00", "greater than 0"),
+    ("10.001", "at most 2 decimal places"),
+    ("0.005", "at most 2 decimal places"),
+    ("1000000000.00", "too large"),
+    ("9" * 40, "too large"),
+    ("1e3", "digits with an optional decimal point"),
+    (" 10.00", "digits with an optional decimal point"),
+    ("10.", "digits with an optional decimal point"),
+    (".50", "digits with an optional decimal point"),
+    ("+10", "digits with an optional decimal point"),
+    ("1,000.00", "digits with an optional decimal point"),
+    ("NaN", "digits with an optional decimal point"),
+    ("Infinity", "digits with an optional decimal point"),
+    ("", "digits with an optional decimal point"),
+    ("007.00", "digits with an optional decimal point"),
+]
+
+
+@pytest.mark.parametrize(("amount", "reason"), BAD_AMOUNTS, ids=[repr(a) for a, _ in BAD_AMOUNTS])
+@pytest.mark.parametrize("route", ["deposits", "withdrawals"])
+async def test_bad_amounts_are_refused_with_422_and_nothing_happens(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+    route: str,
+    amount: Any,
+    reason: str,
+) -> None:
+    before = await snapshot(sql, party)
+    body = {"amount": amount} if route == "deposits" else {"method": "ACH", "amount": amount}
+    response = await api.post(f"/v1/parties/{party}/{route}", json=body, headers=with_key(headers))
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "validation_failed"
+    [error] = problem["errors"]
+    # A withdrawal's errors are located under its method (the body is a tagged union).
+    assert error["name"] == ("amount" if route == "deposits" else "ACH.amount")
+    assert reason in error["reason"]
+    assert await snapshot(sql, party) == before
+    assert await sandbox.transfers(party) == []
+
+
+BAD_BODIES: list[tuple[str, Any, str]] = [
+    ("deposits", {"amount": "10.00", "fee": "1.00"}, "fee"),
+    ("deposits", {"amount": "10.00", "currency": "EUR"}, "currency"),
+    ("deposits", {"amount": "10.00", "method": "WIRE"}, "method"),
+    ("deposits", {"amount": "10.00", "bankAccountId": "not-a-uuid"}, "bankAccountId"),
+    ("deposits", {}, "amount"),
+    ("deposits", ["10.00"], ""),
+    ("withdrawals", {"amount": "10.00"}, ""),
+    ("withdrawals", {"method": "CHECK", "amount": "10.00"}, ""),
+    ("withdrawals", {"method": "WIRE", "amount": "10.00"}, "WIRE.destination"),
+    ("withdrawals", {"method": "ACH", "amount": "10.00", "destination": WIRE}, "ACH.destination"),
+    (
+        "withdrawals",
+        {"method": "WIRE", "amount": "10.00", "destination": {**WIRE, "iban": "DE89"}},
+        "WIRE.destination.iban",
+    ),
+    (
+        "withdrawals",
+        {
+            "method": "WIRE",
+            "amount": "10.00",
+            "destination": {**WIRE, "routingNumber": "021000022"},
+        },
+        "WIRE.destination.routingNumber",
+    ),
+    (
+        "withdrawals",
+        {"method": "WIRE", "amount": "10.00", "destination": {**WIRE, "bankName": ""}},
+        "WIRE.destination.bankName",
+    ),
+    (
+        "withdrawals",
+        {"method": "WIRE", "amount": "10.00", "destination": {**WIRE, "swiftCode": "nope"}},
+        "WIRE.destination.swiftCode",
+    ),
+    ("bank-accounts", {"processorToken": ""}, "processorToken"),
+    ("bank-accounts", {"processorToken": 12345}, "processorToken"),
+    ("bank-accounts", {"token": "processor-x"}, "processorToken"),
+    ("link-sessions", {"redirectUri": "https://x.example", "extra": 1}, "extra"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "name"),
+    BAD_BODIES,
+    ids=[f"{r}-{n or 'body'}-{i}" for i, (r, _, n) in enumerate(BAD_BODIES)],
+)
+async def test_wrong_types_and_unknown_fields_are_refused_with_422_and_nothing_happens(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+    route: str,
+    body: Any,
+    name: str,
+) -> None:
+    before = await snapshot(sql, party)
+    response = await api.post(f"/v1/parties/{party}/{route}", json=body, headers=with_key(headers))
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_failed"
+    names = [e["name"] for e in response.json()["errors"]]
+    assert name in names if name else names
+    assert await snapshot(sql, party) == before
+    assert await sandbox.transfers(party) == []
+
+
+async def test_malformed_json_is_refused_with_422(
+    api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str], linked: str
+) -> None:
+    before = await snapshot(sql, party)
+    response = await api.post(
+        f"/v1/parties/{party}/deposits",
+        content=b'{"amount": "10.00",',
+        headers={**with_key(headers), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_failed"
+    assert await snapshot(sql, party) == before
+
+
+async def test_an_oversized_body_is_refused_with_413_before_it_is_parsed(
+    api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str], linked: str
+) -> None:
+    before = await snapshot(sql, party)
+    response = await api.post(
+        f"/v1/parties/{party}/deposits",
+        json={"amount": "10.00", "padding": "x" * 100_000},
+        headers=with_key(headers),
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert await snapshot(sql, party) == before
+
+
+async def test_rejected_account_numbers_and_tokens_are_never_echoed(
+    api: httpx.AsyncClient, party: str, headers: dict[str, str], linked: str
+) -> None:
+    secret_number = "12345678901234567890123"  # too long to be an account number
+    response = await api.post(
+        f"/v1/parties/{party}/withdrawals",
+        json={
+            "method": "WIRE",
+            "amount": "10.00",
+            "destination": {**WIRE, "accountNumber": secret_number},
+        },
+        headers=with_key(headers),
+    )
+    assert response.status_code == 422
+    assert secret_number not in response.text
+    token = "processor-" + "t" * 2000  # over the length limit
+    response = await api.post(
+        f"/v1/parties/{party}/bank-accounts",
+        json={"processorToken": token},
+        headers=with_key(headers),
+    )
+    assert response.status_code == 422
+    assert "t" * 100 not in response.text
+
+
+async def test_a_party_ref_that_is_not_printable_ascii_is_refused(
+    api: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    response = await api.get("/v1/parties/al%20ice/bank-accounts", headers=auth("al ice"))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["name"] == "partyRef"
