@@ -66,7 +66,8 @@ async def sum_since(session: AsyncSession, party_ref: str, tx_type: str, since: 
 
 async def db_now(session: AsyncSession) -> datetime:
     """The database's clock now (not the transaction's start, which `now()` would give)."""
-    return (await session.execute(select(func.clock_timestamp()))).scalar_one()
+    now: datetime = (await session.execute(select(func.clock_timestamp()))).scalar_one()
+    return now
 
 
 # --- bank accounts ----------------------------------------------------------------------------
