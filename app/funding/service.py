@@ -402,8 +402,9 @@ class FundingService:
         if claimed.transaction_id is None:
             try:
                 txn = await self._write_intent(party_ref, intent, claimed)
-            except AppError:
-                await idempotency.release(self.session, claimed)
+            except Exception:
+                # Nothing was written: the same key may be used again at once.
+                await idempotency.release_quietly(self.session, claimed)
                 raise
         else:
             found = await repo.get_transaction(self.session, party_ref, claimed.transaction_id)
@@ -415,8 +416,12 @@ class FundingService:
                 # A webhook or recovery settled it while nobody held the key: report it as is.
                 return await self._record_outcome(claimed, txn.id, None, idem.path)
             log.info("resuming transfer %s from a stale idempotency claim", txn.id)
-        result = await self._submit(txn, intent.wire)
-        return await self._record_outcome(claimed, txn.id, result, idem.path)
+        try:
+            result = await self._submit(txn, intent.wire)
+            return await self._record_outcome(claimed, txn.id, result, idem.path)
+        except Exception:
+            await idempotency.end_lease_quietly(self.session, claimed)
+            raise
 
     async def _write_intent(
         self, party_ref: str, intent: TransferIntent, claimed: Claim
@@ -595,8 +600,8 @@ class FundingService:
                 return account, False
         try:
             return await self._write_link(party_ref, claimed, method), True
-        except AppError:
-            await idempotency.release(self.session, claimed)
+        except Exception:
+            await idempotency.release_quietly(self.session, claimed)
             raise
 
     async def _abandon_link(self, claimed: Claim, account_id: uuid.UUID) -> None:

@@ -112,6 +112,14 @@ async def finish(session: AsyncSession, key_id: int, status: int, body: Any) -> 
     return (await session.execute(stmt)).one_or_none() is not None
 
 
+async def end_lease(session: AsyncSession, key_id: int) -> None:
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == key_id, IdempotencyKey.recovery_point != FINISHED)
+        .values(locked_until=func.clock_timestamp())
+    )
+
+
 async def stored_response(session: AsyncSession, key_id: int) -> tuple[int, Any] | None:
     stmt = select(IdempotencyKey.response_status, IdempotencyKey.response_body).where(
         IdempotencyKey.id == key_id, IdempotencyKey.recovery_point == FINISHED

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.errors import AppError, Conflict, Unprocessable
 from app.idempotency import repository as repo
+
+log = logging.getLogger("app.idempotency")
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -222,3 +225,22 @@ async def release(session: AsyncSession, claim_: Claim) -> None:
     await session.rollback()
     await forget(session, claim_)
     await session.commit()
+
+
+async def release_quietly(session: AsyncSession, claim_: Claim) -> None:
+    """`release` after an unexpected failure; if even that fails, the lease runs out instead."""
+    try:
+        await release(session, claim_)
+    except Exception as exc:
+        log.warning("could not release idempotency claim %s: %s", claim_.key_id, type(exc).__name__)
+
+
+async def end_lease_quietly(session: AsyncSession, claim_: Claim) -> None:
+    """After an unexpected failure past the intent: the intent stands, and the consumer's retry
+    may resume it at once instead of getting 409 until the lease runs out."""
+    try:
+        await session.rollback()
+        await repo.end_lease(session, claim_.key_id)
+        await session.commit()
+    except Exception as exc:
+        log.warning("could not end idempotency lease %s: %s", claim_.key_id, type(exc).__name__)

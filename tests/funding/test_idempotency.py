@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from app.funding.schemas import DepositRequest
+from app.funding.service import FundingService
 from app.idempotency.service import fingerprint
 from bakkt_sandbox.testing import RunningSandbox
 from tests.funding.conftest import TokenFactory
@@ -376,3 +377,51 @@ async def test_a_request_that_died_mid_call_is_resumed_with_the_same_bakkt_key(
     )
     assert attempts == 2
     assert next_check > datetime.now(UTC) + timedelta(seconds=30)
+
+
+async def test_an_unexpected_failure_before_the_intent_frees_the_key_at_once(
+    api: httpx.AsyncClient,
+    sandbox: RunningSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database hiccupped")
+
+    monkeypatch.setattr(FundingService, "_check_limits", broken)
+    same = with_key(headers)
+    url = f"/v1/parties/{party}/deposits"
+    with pytest.raises(RuntimeError):
+        await api.post(url, json={"amount": "10.00"}, headers=same)
+    monkeypatch.undo()
+    retried = await api.post(url, json={"amount": "10.00"}, headers=same)
+    assert retried.status_code == 202
+    assert len(await sandbox.transfers(party)) == 1
+
+
+async def test_an_unexpected_failure_after_the_intent_lets_the_retry_resume_at_once(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug between the intent and the call")
+
+    monkeypatch.setattr(FundingService, "_submit", broken)
+    same = with_key(headers)
+    url = f"/v1/parties/{party}/deposits"
+    with pytest.raises(RuntimeError):
+        await api.post(url, json={"amount": "10.00"}, headers=same)
+    monkeypatch.undo()
+    [[txn_id]] = (await sql("SELECT id FROM transactions WHERE party_ref = :p", {"p": party})).all()
+    resumed = await api.post(url, json={"amount": "10.00"}, headers=same)
+    assert resumed.status_code == 202
+    assert resumed.json()["id"] == str(txn_id)
+    assert resumed.json()["status"] == "PENDING"
+    assert len(await sandbox.transfers(party)) == 1
