@@ -647,6 +647,10 @@ class FundingService:
                 party_ref, account.link_ref, body.processor_token.get_secret_value()
             )
         except BakktRejected as exc:
+            if exc.http_status >= 500:
+                # Our set-up is at fault, not the token: keep nothing, so a retry can work.
+                await self._abandon_link(claimed, account.id)
+                raise rejection_error(exc) from None
             locked = await repo.get_bank_account(self.session, party_ref, account.id, lock=True)
             if locked is not None and locked.status == BankAccountStatus.PENDING:
                 locked.status = BankAccountStatus.FAILED

@@ -3,8 +3,9 @@ Postgres (rolled back per test, or a real pool for concurrency), and consumer to
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -97,6 +98,26 @@ async def live_api(live_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=live_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
+
+
+@pytest.fixture
+async def api_with(
+    api_settings: Settings, engine: AsyncEngine, connection: AsyncConnection
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """Builds the app with other settings (its own Bakkt client), on the test's connection."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def build(**update: Any) -> httpx.AsyncClient:
+            app = create_app(api_settings.model_copy(update=update), engine=engine)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            factory = create_session_factory(connection)  # type: ignore[arg-type]
+            factory.configure(join_transaction_mode="create_savepoint")
+            app.state.session_factory = factory
+            return await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+            )
+
+        yield build
 
 
 TokenFactory = Callable[..., dict[str, str]]

@@ -377,3 +377,18 @@ async def test_a_malformed_bank_account_id_answers_422(
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["name"] == "bankAccountId"
+
+
+async def test_a_link_refused_for_our_set_ups_fault_answers_502_and_keeps_nothing(
+    api_with: Any, sql: Execute, party: str, headers: dict[str, str]
+) -> None:
+    misconfigured = await api_with(bakkt_partner_id=str(uuid.uuid4()))
+    for path, body in (("link-sessions", {}), ("bank-accounts", {"processorToken": "processor-x"})):
+        response = await misconfigured.post(
+            f"/v1/parties/{party}/{path}", json=body, headers=with_key(headers)
+        )
+        assert response.status_code == 502
+        assert response.json()["code"] == "bakkt_misconfigured"
+    for table in ("bank_accounts", "idempotency_keys"):
+        rows = await sql(f"SELECT count(*) FROM {table} WHERE party_ref = :p", {"p": party})  # noqa: S608
+        assert rows.scalar_one() == 0

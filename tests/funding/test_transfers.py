@@ -4,16 +4,12 @@ Bakkt receives, and what the consumer gets for each of Bakkt's answers."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import Settings
-from app.main import create_app
 from bakkt_sandbox.testing import RunningSandbox
 from tests.funding.conftest import TokenFactory
 from tests.funding.helpers import Execute, insert_linked_account, link_account, with_key
@@ -462,32 +458,12 @@ async def test_a_rate_limited_transfer_is_unknown_and_checked_after_bakkts_retry
     assert await sandbox.transfers(party) == []
 
 
-@pytest.fixture
-async def api_without_bakkt(
-    api_settings: Settings, engine: AsyncEngine, connection: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app pointed at a port nobody listens on."""
-    from app.db import create_session_factory
-
-    settings = api_settings.model_copy(update={"bakkt_base_url": "http://127.0.0.1:9"})
-    app = create_app(settings, engine=engine)
-    async with app.router.lifespan_context(app):
-        factory = create_session_factory(connection)
-        factory.configure(join_transaction_mode="create_savepoint")
-        app.state.session_factory = factory
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
-
-
 async def test_bakkt_unreachable_leaves_the_transaction_unknown_for_recovery(
-    api_without_bakkt: httpx.AsyncClient,
-    sql: Execute,
-    party: str,
-    headers: dict[str, str],
+    api_with: Any, sql: Execute, party: str, headers: dict[str, str]
 ) -> None:
     await insert_linked_account(sql, party)
-    response = await deposit(api_without_bakkt, party, headers)
+    nobody_listens = await api_with(bakkt_base_url="http://127.0.0.1:9")
+    response = await deposit(nobody_listens, party, headers)
     assert response.status_code == 202
     assert response.json()["status"] == "UNKNOWN"
     notes = await sql(
@@ -495,3 +471,19 @@ async def test_bakkt_unreachable_leaves_the_transaction_unknown_for_recovery(
         {"id": response.json()["id"]},
     )
     assert "not sent" in notes.all()[-1][0]
+
+
+async def test_a_rejection_that_is_our_set_ups_fault_answers_502_and_is_not_stored(
+    api_with: Any, sql: Execute, sandbox: RunningSandbox, party: str, headers: dict[str, str]
+) -> None:
+    await insert_linked_account(sql, party)
+    misconfigured = await api_with(bakkt_partner_id=str(uuid.uuid4()))
+    same = with_key(headers)
+    url = f"/v1/parties/{party}/deposits"
+    response = await misconfigured.post(url, json={"amount": "10.00"}, headers=same)
+    assert response.status_code == 502
+    assert response.json()["code"] == "bakkt_misconfigured"
+    assert (await row(sql, response.json()["transactionId"]))["status"] == "FAILED"
+    keys = await sql("SELECT count(*) FROM idempotency_keys WHERE party_ref = :p", {"p": party})
+    assert keys.scalar_one() == 0  # fixed set-up, same key: a new attempt
+    assert await sandbox.transfers(party) == []
