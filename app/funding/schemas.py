@@ -92,6 +92,12 @@ def _aba_checksum(value: str) -> str:
     return value
 
 
+def _account_digits(value: SecretStr) -> SecretStr:
+    if not re.fullmatch(r"[0-9]{4,17}", value.get_secret_value()):
+        raise PydanticCustomError("account_number_format", "accountNumber must be 4-17 digits")
+    return value
+
+
 class RequestModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", hide_input_in_errors=True
@@ -134,11 +140,11 @@ class DepositRequest(RequestModel):
 
 class WireDestination(RequestModel):
     routing_number: Annotated[str, Field(pattern=r"^[0-9]{9}$"), AfterValidator(_aba_checksum)]
-    account_number: str = Field(
-        pattern=r"^[0-9]{4,17}$",
-        repr=False,
-        description="Sent to Bakkt once; only its last 4 digits are kept.",
-    )
+    account_number: Annotated[
+        SecretStr,
+        AfterValidator(_account_digits),
+        WithJsonSchema({"type": "string", "pattern": r"^[0-9]{4,17}$", "writeOnly": True}),
+    ] = Field(description="Sent to Bakkt once; only its last 4 digits are kept.")
     bank_name: str = Field(min_length=1, max_length=255)
     bank_address: str | None = Field(default=None, min_length=1, max_length=255)
     swift_code: str | None = Field(default=None, pattern=r"^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$")

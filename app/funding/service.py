@@ -452,7 +452,7 @@ class FundingService:
             bakkt_idempotency_key=str(uuid.uuid5(_BAKKT_KEY_NAMESPACE, str(txn_id))),
             bank_account_id=account.id if account else None,
             wire_bank_name=wire.bank_name if wire else None,
-            wire_account_mask=wire.account_number[-4:] if wire else None,
+            wire_account_mask=wire.account_number.get_secret_value()[-4:] if wire else None,
             submit_attempts=1,
             # Recovery leaves it alone while this request may still be talking to Bakkt.
             next_check_at=now + self.lease,
@@ -482,7 +482,7 @@ class FundingService:
             if wire is None
             else BakktWireDestination(
                 routing_number=wire.routing_number,
-                account_number=wire.account_number,
+                account_number=wire.account_number.get_secret_value(),
                 bank_name=wire.bank_name,
                 bank_address=wire.bank_address,
                 swift_code=wire.swift_code,
