@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from bakkt_sandbox.testing import RunningSandbox
 from tests.funding.conftest import TokenFactory
-from tests.funding.helpers import Execute
+from tests.funding.helpers import Execute, insert_linked_account, with_key
 
 
 @pytest.fixture
@@ -85,3 +87,19 @@ async def test_wire_instructions_follow_the_deposit_gate(
     at_bakkt = await api.get(f"/v1/parties/{suspended}/wire-instructions", headers=auth(suspended))
     assert at_bakkt.status_code == 403
     assert at_bakkt.json()["code"] == "party_suspended"
+
+
+async def test_bakkt_refusing_our_credentials_is_a_502_for_reads_and_unknown_for_transfers(
+    api_with: Any, sql: Execute, party: str, headers: dict[str, str]
+) -> None:
+    await insert_linked_account(sql, party)
+    wrong = await api_with(bakkt_client_secret=SecretStr("not-the-client-secret"))
+    balance = await wrong.get(f"/v1/parties/{party}/balance", headers=headers)
+    assert balance.status_code == 502
+    assert balance.json()["code"] == "bakkt_auth_failed"
+    # Nothing reached Bakkt, but the intent is written: recovery sends it once we are fixed.
+    deposit = await wrong.post(
+        f"/v1/parties/{party}/deposits", json={"amount": "10.00"}, headers=with_key(headers)
+    )
+    assert deposit.status_code == 202
+    assert deposit.json()["status"] == "UNKNOWN"
