@@ -95,6 +95,7 @@ class DatabaseUnavailable(ServiceUnavailable):
 class InvalidParam(BaseModel):
     name: str
     reason: str
+    code: str = Field(description="Machine code of the failed check, e.g. `decimal_max_places`")
 
 
 class Problem(BaseModel):
@@ -211,7 +212,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # Echoing rejected values could put a processor token or an account number into a
     # response body; only the location and the reason are returned.
     errors = [
-        {"name": _location(err.get("loc", ())), "reason": str(err.get("msg", "invalid"))}
+        {
+            "name": _location(err.get("loc", ())),
+            "reason": str(err.get("msg", "invalid")),
+            "code": str(err.get("type", "invalid")),
+        }
         for err in exc.errors()
     ]
     return problem_response(

@@ -80,8 +80,10 @@ async def test_validation_error_is_422_listing_the_offending_fields(
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["code"] == "validation_failed"
-    names = {e["name"] for e in body["errors"]}
-    assert names == {"amount", "note"}
+    by_name = {e["name"]: e for e in body["errors"]}
+    assert set(by_name) == {"amount", "note"}
+    assert by_name["amount"]["code"] == "greater_than"
+    assert by_name["note"]["code"] == "missing"
 
 
 async def test_validation_error_does_not_echo_the_rejected_value(
