@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
@@ -161,6 +162,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001 - argparse's signature
+    settings = get_settings()
+    _configure_logging(settings)
+    _require_database_url(settings)
+    from app.recovery.worker import run_standalone
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_standalone(settings))
+    return 0
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """`--since`: an ISO-8601 time (UTC when it names no zone), or `<N>h` / `<N>d` ago."""
+    now = now or datetime.now(UTC)
+    text = value.strip()
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:].lower() in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(**{units[text[-1].lower()]: float(text[:-1])})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither ISO-8601 nor <N>h / <N>d (for example 36h or 7d)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _reconcile(settings: Settings, since: datetime, parties: list[str] | None) -> bool:
+    from app.bakkt.client import BakktClient
+    from app.db import create_engine, create_session_factory
+    from app.main import bakkt_breaker, bakkt_config
+    from app.recovery.service import reconcile
+
+    engine = create_engine(settings)
+    try:
+        factory = create_session_factory(engine)
+        async with BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings)) as bakkt:
+            summary = await reconcile(factory, bakkt, since=since, parties=parties)
+    finally:
+        await engine.dispose()
+    print("\n".join(summary.lines()))
+    return summary.ok
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _configure_logging(settings)
+    _require_database_url(settings)
+    ok = asyncio.run(_reconcile(settings, args.since, args.party or None))
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiat-onramp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--admin", action="store_true", help="add the admin scope")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    worker = sub.add_parser(
+        "worker", help="run the recovery workers on their own (needs DATABASE_URL, migrated)"
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    rec = sub.add_parser(
+        "reconcile", help="compare Bakkt's transactions with ours and repair what differs"
+    )
+    rec.add_argument(
+        "--since",
+        required=True,
+        type=parse_since,
+        help="ISO-8601 time, or how long ago: 36h, 7d",
+    )
+    rec.add_argument(
+        "--party",
+        action="append",
+        help="only this partnerPartyRef (repeatable); default every party not CLOSED",
+    )
+    rec.set_defaults(func=cmd_reconcile)
 
     bench = sub.add_parser("bench", help="the Bakkt client benchmark (transfers/s, p50/p99)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

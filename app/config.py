@@ -97,6 +97,42 @@ class Settings(BaseSettings):
 
     workers_enabled: bool = True
 
+    # Circuit breaker toward Bakkt (app/bakkt/breaker.py); 0 failures turns it off.
+    bakkt_breaker_failures: int = Field(default=5, ge=0)
+    bakkt_breaker_cooldown: float = Field(default=30.0, gt=0)
+
+    # Recovery workers (docs/recovery.md). Intervals are seconds between cycles, jittered ±20%.
+    recovery_settle_interval: float = Field(default=5.0, gt=0)
+    recovery_sweep_interval: float = Field(default=15.0, gt=0)
+    recovery_rematch_interval: float = Field(default=5.0, gt=0)
+    recovery_batch_size: int = Field(default=50, ge=1)
+    recovery_concurrency: int = Field(default=8, ge=1)
+    # A claimed transaction is left to its claimer this long (longer than every attempt of one
+    # Bakkt call), then any worker may take it again.
+    recovery_claim_lease: float = Field(default=300.0, gt=0)
+    # A SUBMITTING transaction younger than this may still have its API request in flight.
+    recovery_submitting_grace: float = Field(default=120.0, gt=0)
+    recovery_unknown_backoff_base: float = Field(default=10.0, gt=0)
+    recovery_unknown_backoff_cap: float = Field(default=600.0, gt=0)
+    recovery_sweep_first_check: float = Field(default=60.0, gt=0)
+    recovery_sweep_backoff_cap: float = Field(default=3600.0, gt=0)
+    # Bakkt keeps idempotency keys 10 days (DECISIONS.md A7); resend only this long before that.
+    recovery_resend_margin_hours: float = Field(default=24.0, ge=0)
+    # Expected settlement windows, from the transaction's creation; past them an alert fires.
+    # The margin covers ACH cut-off times and bank holidays (not modelled).
+    overdue_ach_deposit_business_days: int = Field(default=3, ge=0)
+    overdue_ach_deposit_margin_hours: float = Field(default=24.0, ge=0)
+    overdue_ach_withdrawal_hours: float = Field(default=24.0, gt=0)
+    overdue_wire_hours: float = Field(default=24.0, gt=0)
+    # Scheduled reconciliation: every this many hours, from the last successful run's start less
+    # the overlap; the first run looks back `reconcile_initial_lookback_hours`.
+    reconcile_interval_hours: float = Field(default=24.0, gt=0)
+    reconcile_initial_lookback_hours: float = Field(default=48.0, gt=0)
+    reconcile_overlap_minutes: float = Field(default=60.0, ge=0)
+    # Retention: stored webhook bodies are cleared after this many days; history is kept.
+    webhook_body_retention_days: int = Field(default=90, ge=1)
+    retention_interval: float = Field(default=3600.0, gt=0)
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
+from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
 from app.bakkt.config import BakktConfig
 from app.config import Settings, get_settings
@@ -18,6 +19,9 @@ from app.db import create_engine, create_session_factory
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.recovery.metrics import METRICS, watch_breaker
+from app.recovery.router import router as recovery_router
+from app.recovery.worker import Workers
 from app.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,16 @@ def bakkt_config(settings: Settings) -> BakktConfig:
     )
 
 
+def bakkt_breaker(settings: Settings) -> CircuitBreaker | None:
+    """The process's circuit breaker toward Bakkt; None when BAKKT_BREAKER_FAILURES is 0."""
+    if settings.bakkt_breaker_failures == 0:
+        return None
+    return CircuitBreaker(
+        failure_threshold=settings.bakkt_breaker_failures,
+        cooldown=settings.bakkt_breaker_cooldown,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -65,10 +79,18 @@ def create_app(
             app.state.session_factory = create_session_factory(app_engine)
             if bakkt is None:
                 app.state.bakkt = await stack.enter_async_context(
-                    BakktClient(bakkt_config(settings))
+                    BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings))
                 )
             else:
                 app.state.bakkt = bakkt
+            watch_breaker(app.state.metrics, app.state.bakkt.breaker)
+            if settings.workers_enabled:
+                # Stopped before the client and the engine close (the stack unwinds in reverse).
+                workers = Workers.for_service(
+                    app.state.session_factory, app.state.bakkt, settings, metrics=app.state.metrics
+                )
+                workers.start()
+                stack.push_async_callback(workers.stop)
             yield
 
     app = FastAPI(
@@ -78,11 +100,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = METRICS
     app.state.schema_head = migrate.head_revision()
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(funding_router)
     app.include_router(webhooks_router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.include_router(recovery_router)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_body_bytes,
+        own_limit_paths=frozenset({"/webhooks/bakkt"}),
+    )
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -4,6 +4,7 @@ from app.alerts.models import OperatorAlert
 from app.db import Base
 from app.funding.models import BankAccount, Party, PartyLimit, Transaction, TransactionHistory
 from app.idempotency.models import IdempotencyKey
+from app.recovery.models import RecoveryJob
 from app.webhooks.models import WebhookEvent
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "OperatorAlert",
     "Party",
     "PartyLimit",
+    "RecoveryJob",
     "Transaction",
     "TransactionHistory",
     "WebhookEvent",

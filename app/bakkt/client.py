@@ -8,6 +8,7 @@ rules are in docs/bakkt-client.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ import httpx
 import jwt
 
 from app.bakkt import _wire as wire
+from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.config import BakktConfig
 from app.bakkt.errors import (
     BakktAuthFailed,
@@ -171,8 +173,11 @@ class BakktClient:
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._config = config
+        # Shared with callers that want to refuse work before calling (docs/recovery.md).
+        self.breaker = breaker
         self._http = http if http is not None else build_http_client(config)
         self._sleep = sleep
         self._rng = random.SystemRandom()
@@ -432,6 +437,28 @@ class BakktClient:
         params: httpx.QueryParams | None = None,
         about: tuple[str, str] | None = None,
         auth: bool = True,
+    ) -> _Exchange:
+        send = functools.partial(
+            self._attempts, method, path, policy, json=json, data=data, params=params, about=about
+        )
+        # The token fetch (auth=False) runs inside a bearer call and is judged with it.
+        if self.breaker is None or not auth:
+            return await send(auth=auth)
+        with self.breaker.guard():
+            return await send(auth=auth)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempts(
+        self,
+        method: str,
+        path: str,
+        policy: _Policy,
+        *,
+        json: Mapping[str, Any] | None,
+        data: Mapping[str, str] | None,
+        params: httpx.QueryParams | None,
+        about: tuple[str, str] | None,
+        auth: bool,
     ) -> _Exchange:
         """Send until Bakkt gives a final answer (2xx or 4xx) or the policy says stop.
 

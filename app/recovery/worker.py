@@ -1,0 +1,230 @@
+"""The background workers: one loop per recovery job, inside the service or as their own process.
+
+Each loop runs a bounded cycle, then waits a jittered interval (at once again when the cycle
+found a full batch). A cycle that fails is logged and retried after a backoff; a database outage
+is logged once when it starts and once when it ends, and never ends the process. `stop()` ends
+every loop promptly: a cycle still talking to Bakkt after the grace period is cancelled, which
+is safe because its claims are leases that simply run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from app.bakkt.breaker import CircuitBreaker
+from app.bakkt.client import BakktClient
+from app.config import Settings
+from app.errors import is_database_unavailable
+from app.recovery import service
+from app.recovery.metrics import METRICS, Metrics
+from app.recovery.service import SessionFactory
+from app.webhooks.service import rematch_parked
+
+log = logging.getLogger("app.recovery")
+
+# Backoff after a failed cycle: 1, 2, 4 ... s, capped.
+ERROR_BACKOFF_CAP = 60.0
+# How often the scheduled reconciliation checks whether it is due (it runs once per interval).
+RECONCILE_CHECK_INTERVAL = 300.0
+_rng = random.SystemRandom()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    interval: float
+    # One cycle; returns how much it did. A cycle that did `full_batch` or more runs again soon.
+    cycle: Callable[[], Awaitable[int]]
+    full_batch: int | None = None
+    # Skipped while the Bakkt circuit is open.
+    uses_bakkt: bool = False
+
+
+def service_jobs(
+    session_factory: SessionFactory,
+    bakkt: BakktClient,
+    settings: Settings,
+    metrics: Metrics,
+) -> list[Job]:
+    """The recovery jobs of docs/recovery.md, with their intervals from the settings."""
+    batch = settings.recovery_batch_size
+
+    async def settle() -> int:
+        done = await service.settle_unknown(session_factory, bakkt, settings, metrics=metrics)
+        await service.finish_abandoned_requests(session_factory, metrics=metrics)
+        return done
+
+    async def sweep() -> int:
+        return await service.sweep_pending(session_factory, bakkt, settings, metrics=metrics)
+
+    async def rematch() -> int:
+        done = await rematch_parked(session_factory, limit=batch)
+        metrics.inc("recovery_webhook_rematched_total", done)
+        return done
+
+    async def reconcile() -> int:
+        summary = await service.run_scheduled_reconcile(
+            session_factory, bakkt, settings, metrics=metrics
+        )
+        return 0 if summary is None else summary.transactions_seen
+
+    async def retention() -> int:
+        result = await service.apply_retention(session_factory, settings, metrics=metrics)
+        return result.idempotency_keys_deleted + result.webhook_bodies_cleared
+
+    return [
+        Job("settle", settings.recovery_settle_interval, settle, batch, uses_bakkt=True),
+        Job("sweep", settings.recovery_sweep_interval, sweep, batch, uses_bakkt=True),
+        Job("rematch_webhooks", settings.recovery_rematch_interval, rematch, batch),
+        Job(
+            "reconcile",
+            min(RECONCILE_CHECK_INTERVAL, settings.reconcile_interval_hours * 3600),
+            reconcile,
+            uses_bakkt=True,
+        ),
+        Job("retention", settings.retention_interval, retention),
+    ]
+
+
+class Workers:
+    """Runs jobs, each in its own loop, until `stop()`."""
+
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        *,
+        breaker: CircuitBreaker | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.jobs = list(jobs)
+        self.breaker = breaker
+        self.metrics = metrics or METRICS
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def for_service(
+        cls,
+        session_factory: SessionFactory,
+        bakkt: BakktClient,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> Workers:
+        metrics = metrics or METRICS
+        return cls(
+            service_jobs(session_factory, bakkt, settings, metrics),
+            breaker=bakkt.breaker,
+            metrics=metrics,
+        )
+
+    @property
+    def running(self) -> bool:
+        return any(not t.done() for t in self._tasks)
+
+    def start(self) -> None:
+        """Start every loop as a task of the running event loop."""
+        if self._tasks:
+            raise RuntimeError("workers already started")
+        self._stopping.clear()
+        for job in self.jobs:
+            self._tasks.append(asyncio.create_task(self._loop(job), name=f"recovery:{job.name}"))
+        log.info("recovery workers started: %s", ", ".join(j.name for j in self.jobs))
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Let each loop finish its cycle for up to `grace` seconds, then cancel it."""
+        self._stopping.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        log.info("recovery workers stopped")
+
+    async def wait(self) -> None:
+        """Until `request_stop()` (a signal, in the standalone worker)."""
+        await self._stopping.wait()
+
+    async def _loop(self, job: Job) -> None:
+        failures = 0
+        in_outage = False
+        # Replicas started together should not hit the database in step.
+        await self._pause(job.interval * _rng.uniform(0.1, 0.5))
+        while not self._stopping.is_set():
+            delay = job.interval * _rng.uniform(0.8, 1.2)
+            try:
+                if job.uses_bakkt and self.breaker is not None and self.breaker.is_open():
+                    self.metrics.inc("recovery_skipped_circuit_open_total", job=job.name)
+                else:
+                    done = await job.cycle()
+                    if job.full_batch is not None and done >= job.full_batch:
+                        delay = 0.0
+                if in_outage:
+                    log.warning("recovery job %s: the database answers again", job.name)
+                in_outage = False
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(2.0 ** (failures - 1), ERROR_BACKOFF_CAP)
+                if is_database_unavailable(exc):
+                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="database")
+                    if not in_outage:
+                        log.warning(
+                            "recovery job %s: database unavailable (%s: %s); backing off",
+                            job.name,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    in_outage = True
+                else:
+                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="error")
+                    log.exception(
+                        "recovery job %s failed (%d in a row); next try in %.0f s",
+                        job.name,
+                        failures,
+                        delay,
+                    )
+            await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+async def run_standalone(settings: Settings) -> None:
+    """`fiat-onramp worker`: the recovery workers in their own process, until SIGTERM/SIGINT."""
+    from app.db import create_engine, create_session_factory
+    from app.main import bakkt_breaker, bakkt_config
+
+    engine = create_engine(settings)
+    try:
+        factory = create_session_factory(engine)
+        async with BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings)) as bakkt:
+            workers = Workers.for_service(factory, bakkt, settings)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, workers.request_stop)
+            workers.start()
+            try:
+                await workers.wait()
+            finally:
+                await workers.stop()
+    finally:
+        await engine.dispose()
