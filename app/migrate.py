@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import normalize_database_url
 
 
-
 def _migrations_dir() -> Path:
     """The source checkout's `migrations/`; an installed package (the container image) finds it
     through FIAT_ONRAMP_MIGRATIONS or the working directory."""

@@ -223,6 +223,11 @@ def wire_instructions(body: Any) -> WireInstructions:
     )
 
 
+def reports_failure(body: Any) -> bool:
+    """`{"success": false}` on a 2xx: the link/unlink schemas' own way of saying no."""
+    return isinstance(body, Mapping) and body.get("success") is False
+
+
 def heartbeat(body: Any) -> str:
     return text(mapping(body, "heartbeat response"), "result")
 

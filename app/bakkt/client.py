@@ -261,6 +261,7 @@ class BakktClient:
             about=("unlink", link_ref),
         )
         if ex.response.is_success:
+            self._accepted(ex)
             return
         error = ex.rejection()
         if ex.resent and error.bakkt_type in _NOTHING_LINKED:
@@ -414,6 +415,10 @@ class BakktClient:
     def _accepted(self, ex: _Exchange) -> None:
         if not ex.response.is_success:
             raise ex.rejection()
+        if wire.reports_failure(ex.error_body()):
+            raise BakktRejected(
+                ex.response.status_code, None, "Bakkt answered success=false without a reason"
+            )
 
     def _parse(self, ex: _Exchange, reader: Callable[[Any], T]) -> T:
         if not ex.response.is_success:

@@ -224,3 +224,28 @@ async def test_token_unavailable_for_a_resend_after_a_lost_attempt_is_outcome_un
         async with BakktClient(config, clock=lambda: now[0], sleep=sleep) as client:
             with pytest.raises(BakktOutcomeUnknown):
                 await client.transfer(REQ)
+
+
+@pytest.mark.parametrize("operation", ["link_plaid", "unlink"])
+async def test_success_false_on_a_2xx_is_a_rejection(
+    mocked: tuple[respx.MockRouter, BakktClient], operation: str
+) -> None:
+    router, client = mocked
+    router.post(f"{PARTY}/plaidAccount/link").respond(200, json={"success": False})
+    router.post(f"{PARTY}/bankAccountLinking/unlink").respond(200, json={"success": False})
+    call = (
+        client.link_plaid("alice", "link-1", "processor-sandbox-abc")
+        if operation == "link_plaid"
+        else client.unlink("alice", "link-1")
+    )
+    with pytest.raises(BakktRejected) as caught:
+        await call
+    assert caught.value.code == "bakkt_rejected"
+
+
+async def test_success_true_on_a_2xx_is_accepted(
+    mocked: tuple[respx.MockRouter, BakktClient],
+) -> None:
+    router, client = mocked
+    router.post(f"{PARTY}/plaidAccount/link").respond(200, json={"success": True})
+    await client.link_plaid("alice", "link-1", "processor-sandbox-abc")
