@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -400,6 +401,15 @@ class FundingService:
         if isinstance(claimed, Replay):
             return Outcome(claimed.status, claimed.body, replayed=True)
         if claimed.transaction_id is None:
+            breaker = self.bakkt.breaker
+            if breaker is not None and breaker.is_open():
+                # Bakkt is down: answer at once and write nothing (docs/recovery.md), instead of
+                # piling up intents whose calls would only fail; the key stays usable.
+                await idempotency.release_quietly(self.session, claimed)
+                raise BakktUnavailableError(
+                    "Bakkt cannot be reached right now; retry with the same Idempotency-Key.",
+                    headers={"Retry-After": str(max(1, math.ceil(breaker.retry_after())))},
+                )
             try:
                 txn = await self._write_intent(party_ref, intent, claimed)
             except Exception:

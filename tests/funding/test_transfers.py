@@ -3,6 +3,7 @@ Bakkt receives, and what the consumer gets for each of Bakkt's answers."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -487,3 +488,34 @@ async def test_a_rejection_that_is_our_set_ups_fault_answers_502_and_is_not_stor
     keys = await sql("SELECT count(*) FROM idempotency_keys WHERE party_ref = :p", {"p": party})
     assert keys.scalar_one() == 0  # fixed set-up, same key: a new attempt
     assert await sandbox.transfers(party) == []
+
+
+async def test_open_circuit_answers_503_at_once_and_writes_nothing(
+    api_with: Any, sql: Execute, party: str, headers: dict[str, str]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    api = await api_with(
+        bakkt_base_url=f"http://127.0.0.1:{closed_port}",
+        bakkt_breaker_failures=1,
+        bakkt_breaker_cooldown=60.0,
+    )
+    await insert_linked_account(sql, party)
+    first = await deposit(api, party, headers)
+    assert first.status_code == 202  # Bakkt unreachable: the intent stays, outcome settled later
+    before = await count(sql, "transactions", party)
+
+    same_key = with_key(headers)
+    refused = await api.post(
+        f"/v1/parties/{party}/deposits", json={"amount": "25.00"}, headers=same_key
+    )
+    again = await api.post(
+        f"/v1/parties/{party}/deposits", json={"amount": "25.00"}, headers=same_key
+    )
+
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "bakkt_unavailable"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert again.status_code == 503, "the refused key must stay usable, not replay or 409"
+    assert await count(sql, "transactions", party) == before
