@@ -255,13 +255,33 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLSTATE classes that mean the server or the connection went away: 08 connection exception,
+# 57P operator intervention (admin shutdown, crash shutdown, cannot connect now).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
+def _raised_by_the_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if "asyncpg" in filename or "sqlalchemy" in filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when the error means Postgres cannot be reached, not that a statement was wrong."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
         return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, ConnectionError | OSError) and not isinstance(exc, FileNotFoundError)
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    # Refused, reset, timed out, or (a Unix-socket server that is down) FileNotFoundError from
+    # the driver's connect; the same errors raised anywhere else are bugs, not an outage.
+    return isinstance(exc, OSError) and _raised_by_the_driver(exc)
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from pydantic import BaseModel, Field
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
 from app.errors import Conflict, NotFound
@@ -40,6 +42,20 @@ async def error_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     @app.get("/boom/db-down")
     async def db_down() -> None:
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    @app.get("/boom/socket-gone")
+    async def socket_gone() -> None:
+        # A Unix-socket Postgres that is down: the driver's connect raises FileNotFoundError.
+        engine = create_async_engine("postgresql+asyncpg://postgres@/postgres?host=/nonexistent")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    @app.get("/boom/missing-file")
+    async def missing_file() -> None:
+        raise FileNotFoundError("/etc/not-a-database")
 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -117,6 +133,18 @@ async def test_database_outage_is_503_with_a_clear_code(error_client: httpx.Asyn
     assert response.status_code == 503
     assert response.json()["code"] == "database_unavailable"
     assert response.headers["retry-after"]
+
+
+async def test_unreachable_unix_socket_database_is_503(error_client: httpx.AsyncClient) -> None:
+    response = await error_client.get("/boom/socket-gone")
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+
+
+async def test_file_not_found_outside_the_driver_is_a_500(error_client: httpx.AsyncClient) -> None:
+    response = await error_client.get("/boom/missing-file")
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
 
 
 async def test_oversized_body_is_413_before_parsing(error_client: httpx.AsyncClient) -> None:
