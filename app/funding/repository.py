@@ -1,4 +1,5 @@
-"""Every SQL statement of the funding domain."""
+"""Every SQL statement of the funding domain, and those on its tables that the webhook receiver
+and reconciliation both make."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.funding.models import (
     BankAccount,
+    BankAccountStatus,
     Party,
     PartyLimit,
+    PartyStatus,
     Transaction,
     TransactionHistory,
     TransactionOrigin,
@@ -180,3 +183,106 @@ async def history(session: AsyncSession, transaction_id: uuid.UUID) -> Sequence[
         .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
     )
     return (await session.scalars(stmt)).all()
+
+
+# --- on Bakkt's word (the webhook receiver and reconciliation) ---------------------------------
+# Their row locks are `FOR NO KEY UPDATE`: it excludes every other writer exactly like
+# `FOR UPDATE`, but not the `KEY SHARE` lock a foreign-key check takes, so inserting a fee that
+# points at a locked transfer does not wait for (or deadlock with) it.
+
+
+async def ensure_party(session: AsyncSession, party_ref: str, *, now: datetime) -> None:
+    """A party row for a party Bakkt tells us about first; an existing row is left alone."""
+    statement = (
+        insert(Party)
+        .values(party_ref=party_ref, status=PartyStatus.ACTIVE, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=[Party.party_ref])
+    )
+    await session.execute(statement)
+
+
+async def lock_transaction_by_ref(session: AsyncSession, bakkt_ref: str) -> Transaction | None:
+    statement = (
+        select(Transaction)
+        .where(Transaction.bakkt_ref == bakkt_ref)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def transaction_id_by_ref(session: AsyncSession, bakkt_ref: str) -> uuid.UUID | None:
+    statement = select(Transaction.id).where(Transaction.bakkt_ref == bakkt_ref)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def insert_bakkt_transaction(
+    session: AsyncSession,
+    *,
+    party_ref: str,
+    bakkt_ref: str,
+    type_: str,
+    method: str | None,
+    status: str,
+    amount_cents: int,
+    currency: str,
+    reason_code: str | None,
+    reason_description: str | None,
+    related_transaction_id: uuid.UUID | None,
+    status_event_time: datetime,
+    created_at: datetime,
+    now: datetime,
+) -> uuid.UUID | None:
+    """A transaction Bakkt started; None when it exists already (a concurrent event, or its
+    webhook before reconciliation, created it first)."""
+    statement = (
+        insert(Transaction)
+        .values(
+            id=uuid.uuid4(),
+            party_ref=party_ref,
+            type=type_,
+            method=method,
+            origin=TransactionOrigin.BAKKT,
+            status=status,
+            amount_cents=amount_cents,
+            currency=currency,
+            reason_code=reason_code,
+            reason_description=reason_description,
+            bakkt_ref=bakkt_ref,
+            related_transaction_id=related_transaction_id,
+            status_event_time=status_event_time,
+            created_at=created_at,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[Transaction.bakkt_ref])
+        .returning(Transaction.id)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def disable_bank_account(
+    session: AsyncSession, account_id: uuid.UUID, *, reason_code: str, now: datetime
+) -> bool:
+    """DISABLED is where an unusable account stays: the first return code that disabled it is
+    kept, so a later event cannot re-enable or re-label it."""
+    statement = (
+        update(BankAccount)
+        .where(BankAccount.id == account_id, BankAccount.status != BankAccountStatus.DISABLED)
+        .values(status=BankAccountStatus.DISABLED, reason_code=reason_code, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def flag_bank_account_for_review(
+    session: AsyncSession, account_id: uuid.UUID, *, now: datetime
+) -> bool:
+    statement = (
+        update(BankAccount)
+        .where(BankAccount.id == account_id, BankAccount.needs_review.is_(False))
+        .values(needs_review=True, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))

@@ -1,4 +1,5 @@
-"""Every SQL statement of the recovery jobs.
+"""Every SQL statement of the recovery jobs, but those the webhook receiver makes too (in
+`app.funding.repository`).
 
 Claims are `FOR NO KEY UPDATE SKIP LOCKED`: a row another worker (or the API, or the webhook
 receiver) holds is skipped, not waited for, and the lock does not block the `KEY SHARE` lock a
@@ -107,16 +108,6 @@ async def lock_transaction(session: AsyncSession, transaction_id: uuid.UUID) -> 
     return (await session.scalars(statement)).one_or_none()
 
 
-async def lock_transaction_by_ref(session: AsyncSession, bakkt_ref: str) -> Transaction | None:
-    statement = (
-        select(Transaction)
-        .where(Transaction.bakkt_ref == bakkt_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.scalars(statement)).one_or_none()
-
-
 async def get_transaction(session: AsyncSession, transaction_id: uuid.UUID) -> Transaction | None:
     statement = (
         select(Transaction)
@@ -124,63 +115,6 @@ async def get_transaction(session: AsyncSession, transaction_id: uuid.UUID) -> T
         .execution_options(populate_existing=True)
     )
     return (await session.scalars(statement)).one_or_none()
-
-
-async def transaction_id_by_ref(session: AsyncSession, bakkt_ref: str) -> uuid.UUID | None:
-    statement = select(Transaction.id).where(Transaction.bakkt_ref == bakkt_ref)
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-async def ensure_party(session: AsyncSession, party_ref: str, *, now: datetime) -> None:
-    statement = (
-        insert(Party)
-        .values(party_ref=party_ref, status=PartyStatus.ACTIVE, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=[Party.party_ref])
-    )
-    await session.execute(statement)
-
-
-async def insert_bakkt_transaction(
-    session: AsyncSession,
-    *,
-    party_ref: str,
-    bakkt_ref: str,
-    type_: str,
-    method: str | None,
-    status: str,
-    amount_cents: int,
-    currency: str,
-    reason_code: str | None,
-    reason_description: str | None,
-    related_transaction_id: uuid.UUID | None,
-    status_event_time: datetime,
-    created_at: datetime,
-    now: datetime,
-) -> uuid.UUID | None:
-    """A transaction Bakkt started; None when it exists already (its webhook got there first)."""
-    statement = (
-        insert(Transaction)
-        .values(
-            id=uuid.uuid4(),
-            party_ref=party_ref,
-            type=type_,
-            method=method,
-            origin=TransactionOrigin.BAKKT,
-            status=status,
-            amount_cents=amount_cents,
-            currency=currency,
-            reason_code=reason_code,
-            reason_description=reason_description,
-            bakkt_ref=bakkt_ref,
-            related_transaction_id=related_transaction_id,
-            status_event_time=status_event_time,
-            created_at=created_at,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[Transaction.bakkt_ref])
-        .returning(Transaction.id)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
 
 
 async def link_relation(

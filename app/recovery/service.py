@@ -38,6 +38,7 @@ from app.bakkt import (
 from app.bakkt.breaker import CircuitOpen
 from app.config import Settings
 from app.errors import is_database_unavailable
+from app.funding import repository as funding_repo
 from app.funding.models import (
     HistorySource,
     Transaction,
@@ -52,8 +53,14 @@ from app.funding.state import ALLOWED_MOVES, decide, from_bakkt_status, record_c
 from app.idempotency import repository as idempotency_repo
 from app.recovery import repository as repo
 from app.recovery.metrics import METRICS, Metrics
-from app.webhooks.repository import disable_bank_account, flag_bank_account_for_review
-from app.webhooks.service import ACCOUNT_UNUSABLE_CODES, UNAUTHORIZED_CODES
+from app.webhooks.service import (
+    ACCOUNT_UNUSABLE_CODES,
+    BAKKT_ORIGINATED,
+    KIND_TYPES,
+    UNAUTHORIZED_CODES,
+    insert_bakkt_started,
+    whole_cents,
+)
 
 log = logging.getLogger("app.recovery")
 
@@ -73,26 +80,6 @@ FINISH_LEASE = timedelta(seconds=30)
 # Reason codes of the FAILED states recovery decides (the API shows them as `reasonCode`).
 WIRE_NOT_RETAINED = "wire_destination_not_retained"
 KEY_EXPIRED = "bakkt_idempotency_key_expired"
-
-# Bakkt's transaction kinds in our terms (shared/bakkt/DECISIONS.md A5).
-KIND_TYPES: dict[TransactionKind, tuple[TransactionType, TransactionMethod | None]] = {
-    TransactionKind.ACH_DEPOSIT: (TransactionType.DEPOSIT, TransactionMethod.ACH),
-    TransactionKind.ACH_WITHDRAW: (TransactionType.WITHDRAWAL, TransactionMethod.ACH),
-    TransactionKind.WIRE_DEPOSIT: (TransactionType.DEPOSIT, TransactionMethod.WIRE),
-    TransactionKind.WIRE_WITHDRAW: (TransactionType.WITHDRAWAL, TransactionMethod.WIRE),
-    TransactionKind.ACH_RETURN_FEE: (TransactionType.RETURN_FEE, None),
-    TransactionKind.PARTNER_WRITE_OFF: (TransactionType.PARTNER_WRITE_OFF, None),
-    TransactionKind.BAKKT_WRITE_OFF: (TransactionType.BAKKT_WRITE_OFF, None),
-    TransactionKind.DECEASED_PARTY: (TransactionType.DECEASED_PARTY, None),
-    TransactionKind.OTHER_ADJUSTMENT: (TransactionType.ADJUSTMENT, None),
-}
-# Kinds only Bakkt starts: one we have never seen is created. Any other kind we do not know is
-# one of ours (a partnerTransactionRef we never stored) and goes to an operator.
-BAKKT_STARTED = frozenset(KIND_TYPES) - {
-    TransactionKind.ACH_DEPOSIT,
-    TransactionKind.ACH_WITHDRAW,
-    TransactionKind.WIRE_WITHDRAW,
-}
 
 
 def _predecessors() -> dict[Status, frozenset[Status]]:
@@ -226,13 +213,6 @@ async def _bounded(
         raise outage
 
 
-def _cents(amount: Decimal) -> int | None:
-    cents = amount * 100
-    if cents < 0 or cents != cents.to_integral_value():
-        return None
-    return int(cents)
-
-
 def _clip(value: str | None, length: int) -> str | None:
     return value[:length] if value else value
 
@@ -241,7 +221,7 @@ def _mismatch(txn: Transaction, found: BakktTransaction) -> str | None:
     problems = []
     if txn.party_ref != found.party_ref:
         problems.append(f"party {found.party_ref!r} is not the transaction's")
-    if _cents(found.amount) != txn.amount_cents:
+    if whole_cents(found.amount) != txn.amount_cents:
         problems.append(f"amount {found.amount} differs from ours {txn.amount_cents / 100:.2f}")
     if found.currency.upper() != txn.currency:
         problems.append(f"currency {found.currency} differs from ours {txn.currency}")
@@ -348,9 +328,11 @@ async def _return_policy(session: AsyncSession, txn: Transaction, now: datetime)
     if txn.status != Status.RETURNED or txn.bank_account_id is None or not code:
         return
     if code in ACCOUNT_UNUSABLE_CODES:
-        await disable_bank_account(session, txn.bank_account_id, reason_code=code, now=now)
+        await funding_repo.disable_bank_account(
+            session, txn.bank_account_id, reason_code=code, now=now
+        )
     elif code in UNAUTHORIZED_CODES:
-        await flag_bank_account_for_review(session, txn.bank_account_id, now=now)
+        await funding_repo.flag_bank_account_for_review(session, txn.bank_account_id, now=now)
 
 
 # --- settle unknown outcomes --------------------------------------------------------------------
@@ -887,7 +869,7 @@ async def _reconcile_party(
         async with factory() as session:
             now = await repo.db_now(session)
             for ref, related_ref in unlinked:
-                related_id = await repo.transaction_id_by_ref(session, related_ref)
+                related_id = await funding_repo.transaction_id_by_ref(session, related_ref)
                 if related_id is not None:
                     await repo.link_relation(session, bakkt_ref=ref, related_id=related_id, now=now)
             await session.commit()
@@ -901,7 +883,7 @@ async def _reconcile_one(
     unlinked: list[tuple[str, str]],
     now: datetime,
 ) -> None:
-    txn = await repo.lock_transaction_by_ref(session, found.transaction_ref)
+    txn = await funding_repo.lock_transaction_by_ref(session, found.transaction_ref)
     if txn is None:
         txn = await _create_missing(session, found, summary, metrics, unlinked, now)
         if txn is None:
@@ -930,7 +912,9 @@ async def _reconcile_one(
         and txn.related_transaction_id is None
         and found.related_transaction_ref
     ):
-        related_id = await repo.transaction_id_by_ref(session, found.related_transaction_ref)
+        related_id = await funding_repo.transaction_id_by_ref(
+            session, found.related_transaction_ref
+        )
         if related_id is not None and related_id != txn.id:
             txn.related_transaction_id = related_id
         else:
@@ -948,7 +932,9 @@ async def _create_missing(
     """Create a Bakkt-started transaction we never heard of; flag one of "ours" we never stored.
     Returns the row when it already existed after all (its webhook won the race), to compare."""
     kind = found.kind
-    if not isinstance(kind, TransactionKind) or kind not in BAKKT_STARTED:
+    # Kinds only Bakkt starts: one we have never seen is created. Any other kind is one of ours
+    # (a partnerTransactionRef we never stored) and goes to an operator.
+    if not isinstance(kind, TransactionKind) or kind not in BAKKT_ORIGINATED:
         subject = f"bakkt transaction {found.transaction_ref}"
         if await _alert_once(
             session,
@@ -970,32 +956,20 @@ async def _create_missing(
             _drift(summary, metrics, Drift.UNKNOWN_REF, found, "not in our records")
         return None
     status = from_bakkt_status(found.status)
-    cents = _cents(found.amount)
+    cents = whole_cents(found.amount)
     if status is None or cents is None or len(found.currency) != 3:
         log.warning("reconcile: cannot record %s (%s)", found.transaction_ref, found)
         return None
-    type_, method = KIND_TYPES[kind]
-    await repo.ensure_party(session, found.party_ref, now=now)
-    related_id = None
-    if found.related_transaction_ref:
-        related_id = await repo.transaction_id_by_ref(session, found.related_transaction_ref)
-    new_id = await repo.insert_bakkt_transaction(
+    new_id = await insert_bakkt_started(
         session,
+        found,
         party_ref=found.party_ref,
-        bakkt_ref=found.transaction_ref,
-        type_=type_,
-        method=method,
         status=status,
         amount_cents=cents,
-        currency=found.currency.upper(),
-        reason_code=_clip(found.reason_code, 64),
-        reason_description=found.reason_description,
-        related_transaction_id=related_id,
         status_event_time=found.updated_at,
-        created_at=found.created_at,
         now=now,
     )
-    txn = await repo.lock_transaction_by_ref(session, found.transaction_ref)
+    txn = await funding_repo.lock_transaction_by_ref(session, found.transaction_ref)
     if new_id is None or txn is None:
         return txn
     record_creation(
@@ -1005,10 +979,10 @@ async def _create_missing(
         event_time=found.updated_at,
         note=f"found by reconciliation ({kind}); its webhook was lost",
     )
-    if found.related_transaction_ref and related_id is None:
+    if found.related_transaction_ref and txn.related_transaction_id is None:
         unlinked.append((found.transaction_ref, found.related_transaction_ref))
     summary.created += 1
-    _drift(summary, metrics, Drift.MISSING, found, f"created as {type_} {status}")
+    _drift(summary, metrics, Drift.MISSING, found, f"created as {KIND_TYPES[kind][0]} {status}")
     return None
 
 

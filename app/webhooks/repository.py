@@ -1,4 +1,5 @@
-"""Every SQL statement of the webhook receiver, including those on the funding tables it moves.
+"""Every SQL statement of the webhook receiver, including those on the funding tables it moves;
+the few that reconciliation makes too are in `app.funding.repository`.
 
 Row locks on transactions, parties and bank accounts are `FOR NO KEY UPDATE`: it excludes every
 other writer exactly like `FOR UPDATE`, but not the `KEY SHARE` lock a foreign-key check takes, so
@@ -19,10 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.alerts.models import OperatorAlert
 from app.funding.models import (
     BankAccount,
-    BankAccountStatus,
     HistorySource,
     Party,
-    PartyStatus,
     Transaction,
     TransactionHistory,
     TransactionOrigin,
@@ -146,64 +145,6 @@ async def event_attempts(session: AsyncSession, event_pk: int) -> int:
 # -- transactions --------------------------------------------------------------------------------
 
 
-async def lock_transaction_by_ref(session: AsyncSession, bakkt_ref: str) -> Transaction | None:
-    statement = (
-        select(Transaction)
-        .where(Transaction.bakkt_ref == bakkt_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-async def transaction_id_by_ref(session: AsyncSession, bakkt_ref: str) -> uuid.UUID | None:
-    statement = select(Transaction.id).where(Transaction.bakkt_ref == bakkt_ref)
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-async def insert_bakkt_transaction(
-    session: AsyncSession,
-    *,
-    party_ref: str,
-    bakkt_ref: str,
-    type_: str,
-    method: str | None,
-    status: str,
-    amount_cents: int,
-    currency: str,
-    reason_code: str | None,
-    reason_description: str | None,
-    related_transaction_id: uuid.UUID | None,
-    status_event_time: datetime,
-    created_at: datetime,
-    now: datetime,
-) -> bool:
-    """A transaction Bakkt started; False when a concurrent event created it first."""
-    statement = (
-        insert(Transaction)
-        .values(
-            id=uuid.uuid4(),
-            party_ref=party_ref,
-            type=type_,
-            method=method,
-            origin=TransactionOrigin.BAKKT,
-            status=status,
-            amount_cents=amount_cents,
-            currency=currency,
-            reason_code=reason_code,
-            reason_description=reason_description,
-            bakkt_ref=bakkt_ref,
-            related_transaction_id=related_transaction_id,
-            status_event_time=status_event_time,
-            created_at=created_at,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[Transaction.bakkt_ref])
-        .returning(Transaction.id)
-    )
-    return (await session.execute(statement)).scalar_one_or_none() is not None
-
-
 async def link_orphan_relations(
     session: AsyncSession, *, related_ref: str | None = None, now: datetime
 ) -> int:
@@ -261,16 +202,6 @@ async def add_unapplied_history(
 
 
 # -- parties -------------------------------------------------------------------------------------
-
-
-async def ensure_party(session: AsyncSession, party_ref: str, *, now: datetime) -> None:
-    """A party row for a party Bakkt tells us about first; an existing row is left alone."""
-    statement = (
-        insert(Party)
-        .values(party_ref=party_ref, status=PartyStatus.ACTIVE, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=[Party.party_ref])
-    )
-    await session.execute(statement)
 
 
 async def insert_party(
@@ -355,34 +286,6 @@ async def insert_bank_account(
         .returning(BankAccount.id)
     )
     return (await session.execute(statement)).scalar_one_or_none() is not None
-
-
-async def disable_bank_account(
-    session: AsyncSession, account_id: uuid.UUID, *, reason_code: str, now: datetime
-) -> bool:
-    """DISABLED is where an unusable account stays: the first return code that disabled it is
-    kept, so a later event cannot re-enable or re-label it."""
-    statement = (
-        update(BankAccount)
-        .where(BankAccount.id == account_id, BankAccount.status != BankAccountStatus.DISABLED)
-        .values(status=BankAccountStatus.DISABLED, reason_code=reason_code, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
-
-
-async def flag_bank_account_for_review(
-    session: AsyncSession, account_id: uuid.UUID, *, now: datetime
-) -> bool:
-    statement = (
-        update(BankAccount)
-        .where(BankAccount.id == account_id, BankAccount.needs_review.is_(False))
-        .values(needs_review=True, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
 
 
 # -- alerts --------------------------------------------------------------------------------------

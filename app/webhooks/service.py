@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.bakkt.types import LinkStatus, TransactionKind
+from app.bakkt.types import BakktTransaction, LinkStatus, TransactionKind
 from app.bakkt.types import PartyStatus as BakktPartyStatus
 from app.bakkt.webhooks import (
     BankLinkEvent,
@@ -29,6 +30,7 @@ from app.bakkt.webhooks import (
     parse_webhook,
 )
 from app.bakkt.webhooks import WebhookEvent as ParsedEvent
+from app.funding import repository as funding_repo
 from app.funding.models import (
     BankAccount,
     BankAccountStatus,
@@ -75,7 +77,8 @@ BAKKT_ORIGINATED = frozenset(
         TransactionKind.OTHER_ADJUSTMENT,
     }
 )
-_KINDS: dict[TransactionKind, tuple[TransactionType, TransactionMethod | None]] = {
+# Bakkt's transaction kinds in our terms (shared/bakkt/DECISIONS.md A5).
+KIND_TYPES: dict[TransactionKind, tuple[TransactionType, TransactionMethod | None]] = {
     TransactionKind.ACH_DEPOSIT: (TransactionType.DEPOSIT, TransactionMethod.ACH),
     TransactionKind.ACH_WITHDRAW: (TransactionType.WITHDRAWAL, TransactionMethod.ACH),
     TransactionKind.WIRE_DEPOSIT: (TransactionType.DEPOSIT, TransactionMethod.WIRE),
@@ -347,8 +350,8 @@ async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime)
             f"unknown transactionStatus {bakkt.status!r}",
             Alert("webhook_unknown_status", subject, {"status": str(bakkt.status)}),
         )
-    cents = _cents(bakkt.amount)
-    txn = await repo.lock_transaction_by_ref(session, bakkt.transaction_ref)
+    cents = whole_cents(bakkt.amount)
+    txn = await funding_repo.lock_transaction_by_ref(session, bakkt.transaction_ref)
     if txn is None:
         if bakkt.kind not in BAKKT_ORIGINATED:
             # Ours, and Bakkt's event outran our own commit (or it is not ours at all).
@@ -359,11 +362,19 @@ async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime)
                 f"cannot record amount {bakkt.amount} {bakkt.currency}",
                 Alert("webhook_bad_amount", subject, {"requestId": event.event_id}),
             )
-        created = await _create_bakkt_transaction(session, event, target, cents, now=now)
-        txn = await repo.lock_transaction_by_ref(session, bakkt.transaction_ref)
+        created = await insert_bakkt_started(
+            session,
+            bakkt,
+            party_ref=event.party_ref,
+            status=target,
+            amount_cents=cents,
+            status_event_time=event.event_time,
+            now=now,
+        )
+        txn = await funding_repo.lock_transaction_by_ref(session, bakkt.transaction_ref)
         if txn is None:  # pragma: no cover - the insert or a concurrent one made it
             raise RuntimeError(f"transaction {bakkt.transaction_ref} vanished")
-        if created:
+        if created is not None:
             record_creation(
                 session,
                 txn,
@@ -397,7 +408,7 @@ async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime)
         and txn.origin == TransactionOrigin.BAKKT
         and bakkt.related_transaction_ref
     ):
-        txn.related_transaction_id = await repo.transaction_id_by_ref(
+        txn.related_transaction_id = await funding_repo.transaction_id_by_ref(
             session, bakkt.related_transaction_ref
         )
     await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
@@ -432,30 +443,40 @@ def _contradicts(current: Status, target: Status) -> bool:
     return not (current is Status.RETURNED and target is Status.COMPLETED)
 
 
-async def _create_bakkt_transaction(
-    session: AsyncSession, event: FiatEvent, status: Status, cents: int, *, now: datetime
-) -> bool:
-    bakkt = event.transaction
+async def insert_bakkt_started(
+    session: AsyncSession,
+    bakkt: BakktTransaction,
+    *,
+    party_ref: str,
+    status: Status,
+    amount_cents: int,
+    status_event_time: datetime,
+    now: datetime,
+) -> UUID | None:
+    """Store a transaction Bakkt started (a webhook's, or one reconciliation found), and its party
+    if that is new: the new row's id, None when the row exists already."""
     assert isinstance(bakkt.kind, TransactionKind)  # noqa: S101 - only BAKKT_ORIGINATED get here
-    type_, method = _KINDS[bakkt.kind]
-    await repo.ensure_party(session, event.party_ref, now=now)
+    type_, method = KIND_TYPES[bakkt.kind]
+    await funding_repo.ensure_party(session, party_ref, now=now)
     related_id = None
     if bakkt.related_transaction_ref:
         # Unknown yet is fine: the relation is filled in when that transfer shows up.
-        related_id = await repo.transaction_id_by_ref(session, bakkt.related_transaction_ref)
-    return await repo.insert_bakkt_transaction(
+        related_id = await funding_repo.transaction_id_by_ref(
+            session, bakkt.related_transaction_ref
+        )
+    return await funding_repo.insert_bakkt_transaction(
         session,
-        party_ref=event.party_ref,
+        party_ref=party_ref,
         bakkt_ref=bakkt.transaction_ref,
         type_=type_,
         method=method,
         status=status,
-        amount_cents=cents,
+        amount_cents=amount_cents,
         currency=bakkt.currency.upper(),
         reason_code=_clip(bakkt.reason_code, 64),
         reason_description=bakkt.reason_description,
         related_transaction_id=related_id,
-        status_event_time=event.event_time,
+        status_event_time=status_event_time,
         created_at=bakkt.created_at,
         now=now,
     )
@@ -471,7 +492,7 @@ def _mismatch(txn: Transaction, event: FiatEvent, cents: int | None) -> str | No
     if bakkt.currency.upper() != txn.currency:
         problems.append(f"currency {bakkt.currency} differs from ours {txn.currency}")
     if isinstance(bakkt.kind, TransactionKind):
-        type_, method = _KINDS[bakkt.kind]
+        type_, method = KIND_TYPES[bakkt.kind]
         if txn.type != type_ or (method and txn.method and txn.method != method):
             problems.append(f"kind {bakkt.kind} does not fit a {txn.method or ''} {txn.type}")
     return "; ".join(problems) or None
@@ -535,9 +556,11 @@ async def _return_policy(
         return None
     code = reason_code.strip().upper()
     if code in ACCOUNT_UNUSABLE_CODES:
-        if await repo.disable_bank_account(session, txn.bank_account_id, reason_code=code, now=now):
+        if await funding_repo.disable_bank_account(
+            session, txn.bank_account_id, reason_code=code, now=now
+        ):
             return f"bank account disabled ({code})"
-    elif code in UNAUTHORIZED_CODES and await repo.flag_bank_account_for_review(
+    elif code in UNAUTHORIZED_CODES and await funding_repo.flag_bank_account_for_review(
         session, txn.bank_account_id, now=now
     ):
         return f"bank account marked for review ({code})"
@@ -601,7 +624,7 @@ async def _apply_link(session: AsyncSession, event: BankLinkEvent, *, now: datet
 
     account = await repo.lock_bank_account_by_link_ref(session, event.link_ref)
     if account is None:
-        await repo.ensure_party(session, event.party_ref, now=now)
+        await funding_repo.ensure_party(session, event.party_ref, now=now)
         created = await repo.insert_bank_account(
             session,
             party_ref=event.party_ref,
@@ -720,7 +743,7 @@ def _newer(
     return event_time == current_time and rank.get(status, 0) > rank.get(current_status, 0)
 
 
-def _cents(amount: Decimal) -> int | None:
+def whole_cents(amount: Decimal) -> int | None:
     """Whole cents, or None for an amount the ledger cannot hold (negative, sub-cent)."""
     cents = amount * 100
     if cents < 0 or cents != cents.to_integral_value():
