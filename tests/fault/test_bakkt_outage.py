@@ -103,7 +103,9 @@ async def test_bakkt_outage_answers_fast_and_recovers_by_itself(launch: Launch) 
 
     # The consumers whose deposit was refused try again, with the same key.
     retried = [d for d in deposits if d.status is None]
+    retry_started = time.monotonic()
     await asyncio.gather(*(app.deposit(d) for d in retried))
+    retried_in = time.monotonic() - retry_started
     report, healed_in = await wait_until_healed(stack.dsn, stack.control, deposits, parties, 120)
 
     during = [a for a in first.values() if down_at <= a.sent_at < up_at]
@@ -128,10 +130,11 @@ async def test_bakkt_outage_answers_fast_and_recovers_by_itself(launch: Launch) 
             "most requests in flight at once": max_in_flight_down,
             "in flight when Bakkt came back": in_flight_at_end,
             "refused, then retried with the same key": len(retried),
+            "all retries answered within (s)": round(retried_in, 1),
             "recovered after Bakkt returned (s)": None
             if recovered_in is None
             else round(recovered_in, 1),
-            "time to heal (s)": round(healed_in, 1),
+            "time to heal after the retries (s)": round(healed_in, 1),
         },
     )
     problems = report.problems()

@@ -19,6 +19,7 @@ from tests.fault.harness import (
     answer_kinds,
     bad_answers,
     env_float,
+    new_deposit,
     percentile,
     recovery_figures,
     wait_until_healed,
@@ -69,14 +70,11 @@ async def test_postgres_restart_answers_503_and_loses_nothing(
         await asyncio.to_thread(pg_cluster.start)
     up_at = time.monotonic()
 
-    # Serving again: the first deposit sent after Postgres is back that got its 202.
-    serving_again: float | None = None
-    while time.monotonic() - up_at < 60:
-        back = [a for a in stack.app.answers if a.sent_at >= up_at and a.status == 202]
-        if back:
-            serving_again = min(a.sent_at + a.seconds for a in back) - up_at
-            break
-        await asyncio.sleep(0.1)
+    # Serving again: a deposit of our own, sent the moment Postgres is back and retried (with
+    # its key) every 0.2 s until it is accepted.
+    probe = new_deposit(parties[0], "12.34")
+    await stack.app.deposit(probe, max_wait=0.2, give_up_after=60)
+    serving_again = time.monotonic() - up_at if probe.status == 202 else None
     async with httpx.AsyncClient(base_url=stack.service.base_url) as http:
         ready = (await http.get("/readyz")).status_code
 
@@ -84,7 +82,8 @@ async def test_postgres_restart_answers_503_and_loses_nothing(
     stop_reading.set()
     await reader
     await load.stop()
-    report, _ = await wait_until_healed(stack.dsn, stack.control, load.deposits, parties, 120)
+    deposits = [*load.deposits, probe]
+    report, _ = await wait_until_healed(stack.dsn, stack.control, deposits, parties, 120)
     healed_after = time.monotonic() - up_at
 
     answers = stack.app.answers
@@ -115,7 +114,7 @@ async def test_postgres_restart_answers_503_and_loses_nothing(
     problems = report.problems()
     if not down:
         problems.append("no request was answered while Postgres was down")
-    if [d for d in load.deposits if d.status != 202]:
+    if [d for d in deposits if d.status != 202]:
         problems.append("a deposit was not accepted in the end")
     no_answer = [a for a in down + starting if a.status is None]
     closed = f"{len(no_answer)} requests got no answer (connection closed)"

@@ -47,10 +47,10 @@ async def test_service_killed_five_times_heals_without_loss_or_double(launch: La
     # Rows a killed request or worker left behind wait out the longest lease that may still
     # cover them (the consumer's key, the SUBMITTING grace, a worker's claim); then recovery has
     # two cycles of its slowest job, and the restart itself a few seconds.
-    s = stack.settings()
-    cycle = max(s.recovery_settle_interval, s.recovery_sweep_interval) * 1.2  # with jitter
-    waits = (lease_for(s).total_seconds(), s.recovery_submitting_grace, s.recovery_claim_lease)
-    bound = max(waits) + 2 * cycle + 10
+    cfg = stack.settings()
+    cycle = max(cfg.recovery_settle_interval, cfg.recovery_sweep_interval) * 1.2  # with jitter
+    key_lease = lease_for(cfg).total_seconds()
+    bound = max(key_lease, cfg.recovery_submitting_grace, cfg.recovery_claim_lease) + 2 * cycle + 10
     report, _ = await wait_until_healed(stack.dsn, stack.control, deposits, parties, 120)
     healed_after_restart = time.monotonic() - last_restart
     healing = await recovery_figures(stack.dsn, parties)
