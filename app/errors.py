@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -309,4 +309,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # A handler keyed on `Exception` runs in Starlette's outermost middleware, which re-raises
+    # after answering: uvicorn then logs a traceback and closes the keep-alive connection, so the
+    # client's next request on it gets no answer. Database outages are expected, not bugs: they
+    # get handlers of their own, which answer and keep the connection.
+    app.add_exception_handler(SQLAlchemyError, _unhandled)
+    app.add_exception_handler(OSError, _unhandled)
     app.add_exception_handler(Exception, _unhandled)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -155,3 +157,37 @@ async def test_oversized_body_is_413_before_parsing(error_client: httpx.AsyncCli
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
+
+
+async def test_database_outage_answer_keeps_the_connection_usable(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over a real server: an exception that escapes to the server makes uvicorn log it and close
+    # the keep-alive connection, and a client's next request on it can get no answer at all.
+    app = create_app(settings)
+
+    @app.get("/boom/socket-gone")
+    async def socket_gone() -> None:
+        engine = create_async_engine("postgresql+asyncpg://postgres@/postgres?host=/nonexistent")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as http:
+            answers = [await http.get("/boom/socket-gone") for _ in range(3)]
+    finally:
+        server.should_exit = True
+        await task
+    assert [a.status_code for a in answers] == [503, 503, 503]
+    escaped = [r for r in caplog.records if r.name == "uvicorn.error" and r.levelno >= 40]
+    assert escaped == [], "the exception reached the server, which closes the connection"
