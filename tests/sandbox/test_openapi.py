@@ -1,7 +1,7 @@
 """Drive every operation of the reconstructed Bakkt OpenAPI files and validate each answer.
 
-The files live in `shared/bakkt/openapi/` beside the repository; they are read in place, never
-copied into the project.
+The files are kept in the repository as test data (`tests/data/bakkt-openapi/`, whose README says
+where they come from), so these tests run in any clone.
 """
 
 import copy
@@ -18,24 +18,14 @@ import yaml
 from bakkt_sandbox.testing import RunningSandbox
 from tests.sandbox.conftest import Partner
 
-
-def find_openapi_dir() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "bakkt" / "openapi"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-OPENAPI_DIR = find_openapi_dir()
-pytestmark = pytest.mark.skipif(
-    OPENAPI_DIR is None, reason="shared/bakkt/openapi/ not found above the repository"
-)
+OPENAPI_DIR = Path(__file__).resolve().parents[1] / "data" / "bakkt-openapi"
 
 
 def load_specs() -> list[dict[str, Any]]:
-    assert OPENAPI_DIR is not None
-    return [yaml.safe_load(p.read_text()) for p in sorted(OPENAPI_DIR.glob("*.yml"))]
+    paths = sorted(OPENAPI_DIR.glob("*.yml"))
+    # A missing directory fails loudly instead of leaving the parametrized tests nothing to check.
+    assert paths, f"no OpenAPI files in {OPENAPI_DIR}"
+    return [yaml.safe_load(p.read_text()) for p in paths]
 
 
 def operations() -> dict[str, tuple[dict[str, Any], str, str, dict[str, Any]]]:
@@ -76,7 +66,7 @@ def relaxed_error_components(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec with `rejectedValue: {type: object}` read as "any JSON value".
 
     The reconstruction types it `object` yet its own example is the string "i-am-not-a-uuid":
-    it is Java's Object (any value), see CONTRACT.md §5.1.
+    it is Java's Object (any value), see docs/bakkt-contract.md §5.1.
     """
     relaxed = copy.deepcopy(spec)
     detail = relaxed["components"]["schemas"]["PublicApiErrorDetail"]["properties"]
