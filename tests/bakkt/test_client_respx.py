@@ -6,6 +6,7 @@ response, so the rarer answers below exist only here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -97,14 +98,20 @@ async def test_rejection_after_a_lost_attempt_is_success_when_bakkt_holds_the_tr
     mocked: tuple[respx.MockRouter, BakktClient],
 ) -> None:
     router, client = mocked
-    router.post(f"{PARTY}/transfer").mock(
+    transfer = router.post(f"{PARTY}/transfer").mock(
         side_effect=[
             httpx.ReadTimeout("lost"),
             httpx.Response(400, json=_rejection("INSUFFICIENT_BALANCE")),
         ]
     )
-    router.get(f"{PARTY}/transactions/t-1").respond(json=TXN)
+    lookup = router.get(f"{PARTY}/transactions/t-1").respond(json=TXN)
+    # Returning at all is the success: a rejection that stood would raise BakktRejected.
     await client.transfer(REQ)
+    # The rejection came to a resend of the same request, and Bakkt's record was asked once.
+    first, resent = (json.loads(call.request.content) for call in transfer.calls)
+    assert first == resent
+    assert (first["idempotencyKey"], first["partnerTransactionRef"]) == ("k-1", "t-1")
+    assert lookup.call_count == 1
 
 
 async def test_rejection_after_a_lost_attempt_stands_when_bakkt_never_saw_the_transfer(

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.alerts.models import OperatorAlert
 from app.config import Settings
@@ -164,12 +164,23 @@ async def test_any_order_with_redeliveries_ends_in_the_in_order_state(
     assert await _replay(replay_app, engine, deliveries) == expected
 
 
-async def test_the_seed_helper_leaves_nothing_behind(engine: AsyncEngine) -> None:
-    # Each replay rolls back: no flow party may exist outside a replay.
-    async with AsyncSession(engine) as session:
-        count = await session.execute(
+async def test_the_seed_helper_leaves_nothing_behind(
+    replay_app: FastAPI, engine: AsyncEngine
+) -> None:
+    # The replays share one database and each seeds the same refs: a row one of them left behind
+    # would change what the next one reads. Replay here, so the test has rows to check for even
+    # when it runs alone.
+    during = await _replay(replay_app, engine, EVENTS)
+    assert set(during["parties"]) == set(PARTIES)
+    assert during["transactions"]
+    assert during["accounts"]
+    async with engine.connect() as conn:
+        after = await final_state(conn, PARTIES)
+        events = await conn.execute(
             select(func.count())
             .select_from(WebhookEvent)
             .where(WebhookEvent.request_id.in_(REQUEST_IDS))
         )
-        assert count.scalar_one() == 0
+        stored_events = events.scalar_one()
+    assert after == {"transactions": {}, "accounts": {}, "parties": {}}
+    assert stored_events == 0

@@ -215,12 +215,21 @@ async def test_a_party_suspended_at_bakkt_is_refused_new_deposits(
     party = f"e2e-{uuid.uuid4().hex[:10]}"
     await _link(service, sandbox, party)
     await sandbox.set_party_status(party, "SUSPENDED", "COMPLIANCE_LOCKED")
+    # Once the PARTY_EVENT is acknowledged it has been applied: the refusal below must come from
+    # the service's own record of the party, before any call to Bakkt.
+    assert await sandbox.drain_webhooks(5) == 0
+    events = await sandbox.webhooks("PARTY_EVENT", party_ref=party)
+    assert [(e["event"]["partyStatus"], e["state"]) for e in events] == [("SUSPENDED", "delivered")]
 
-    async def refused() -> bool:
-        response = await service.post(party, "/deposits", {"amount": "10.00"})
-        return response.status_code == 403
-
-    await eventually(refused)
+    response = await service.post(party, "/deposits", {"amount": "10.00"})
+    assert response.status_code == 403, response.text
+    body = response.json()
+    assert (body["code"], body["partyStatus"], body["reasonCode"]) == (
+        "party_suspended",
+        "SUSPENDED",
+        "COMPLIANCE_LOCKED",
+    )
+    assert await sandbox.transactions(party) == []
 
 
 async def test_webhooks_signed_with_another_secret_are_refused_and_retried(
