@@ -9,7 +9,7 @@ import pytest
 
 from app.bakkt import ERROR_TABLE, BakktRejected, error_entry
 
-# CONTRACT.md §5.2 plus the types DECISIONS.md adds.
+# docs/bakkt-contract.md §5.2 plus the types its assumptions add.
 BAKKT_TYPES = [
     "PARTY_SUSPENDED",
     "IDEMPOTENCY_KEY_IN_USE",

@@ -47,7 +47,7 @@ async def test_secret_tokens_and_account_numbers_never_reach_logs_or_errors(
             )
             await sandbox.expire_tokens()  # a 401 and a token renewal, logged
             await client.balance("alice")
-            # Rejections that echo the refused value back (CONTRACT.md §5.1 rejectedValue).
+            # Rejections that echo the refused value (docs/bakkt-contract.md §5.1 rejectedValue).
             for call in (
                 client.link_ach("bob", "l-3", BAD_ACCOUNT, "021000021", "CHECKING"),
                 client.link_plaid("bob", "l-4", "processor-invalid-" + PROCESSOR_TOKEN),

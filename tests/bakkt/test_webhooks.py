@@ -1,4 +1,4 @@
-"""Webhook bodies (DECISIONS.md A6) read into our events."""
+"""Webhook bodies (docs/bakkt-contract.md A6) read into our events."""
 
 from __future__ import annotations
 

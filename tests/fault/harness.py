@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Our states a transaction can stay in for good; SUBMITTING and UNKNOWN are the undecided ones.
 UNDECIDED = frozenset({"SUBMITTING", "UNKNOWN"})
-# Bakkt's transaction statuses, in our spelling (DECISIONS.md A5).
+# Bakkt's transaction statuses, in our spelling (docs/bakkt-contract.md A5).
 BAKKT_TO_OURS = {
     "PENDING": "PENDING",
     "COMPLETE": "COMPLETED",

@@ -1,5 +1,6 @@
-"""Webhook bodies shaped exactly as the sandbox sends them (DECISIONS.md A5, A6), signing, the
-rows the partner writes before Bakkt answers, and the recorded flows of DECISIONS.md A5."""
+"""Webhook bodies shaped exactly as the sandbox sends them (docs/bakkt-contract.md A5, A6),
+signing, the rows the partner writes before Bakkt answers, and the recorded flows of
+docs/bakkt-contract.md A5."""
 
 from __future__ import annotations
 
@@ -228,8 +229,8 @@ async def seed(session: AsyncSession, flows: Sequence[Flow]) -> None:
 
 
 def flows(ns: str = "") -> list[Flow]:
-    """Every flow of DECISIONS.md A5, each on its own party; `ns` keeps refs unique when the
-    data is committed (the burst test)."""
+    """Every flow of docs/bakkt-contract.md A5, each on its own party; `ns` keeps refs unique
+    when the data is committed (the burst test)."""
     s = f"-{ns}" if ns else ""
     out: list[Flow] = []
 

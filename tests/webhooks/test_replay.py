@@ -1,6 +1,6 @@
-"""Every flow of DECISIONS.md A5 replayed through the real endpoint: in order, and then shuffled
-with every event delivered two or three times. Bakkt delivers at least once and in any order, so
-the end state must not depend on either."""
+"""Every flow of docs/bakkt-contract.md A5 replayed through the real endpoint: in order, and then
+shuffled with every event delivered two or three times. Bakkt delivers at least once and in any
+order, so the end state must not depend on either."""
 
 from __future__ import annotations
 
