@@ -45,6 +45,7 @@ from app.bakkt.types import (
     TransferRequest,
     WireInstructions,
 )
+from app.core.backoff import backoff
 from app.core.context import current_request_id
 
 log = logging.getLogger("app.bakkt")
@@ -588,7 +589,7 @@ class BakktClient:
 
     def _backoff(self, attempt: int) -> float:
         cfg = self._config
-        capped = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (attempt - 1))
+        capped = backoff(attempt, base=cfg.backoff_base, cap=cfg.backoff_cap)
         return capped * (1.0 - cfg.backoff_jitter * self._rng.random())
 
 

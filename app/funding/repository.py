@@ -67,12 +67,6 @@ async def sum_since(session: AsyncSession, party_ref: str, tx_type: str, since: 
     return int((await session.execute(stmt)).scalar_one())
 
 
-async def db_now(session: AsyncSession) -> datetime:
-    """The database's clock now (not the transaction's start, which `now()` would give)."""
-    now: datetime = (await session.execute(select(func.clock_timestamp()))).scalar_one()
-    return now
-
-
 # --- bank accounts ----------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, cast
@@ -43,6 +43,8 @@ from app.bakkt import (
 from app.bakkt import WireDestination as BakktWireDestination
 from app.bakkt.errors import BELOW_MINIMUM, UNKNOWN_REJECTION
 from app.config import Settings
+from app.core.clock import db_now, utcnow
+from app.core.money import format_dollars, to_cents, to_dollars
 from app.errors import (
     AppError,
     Conflict,
@@ -82,7 +84,6 @@ _LINK_NAMESPACE = uuid.UUID("2f6b7c8d-9e0a-5b1c-8d2e-3f4a5b6c7d8e")
 # When recovery (issue 7) should first look at a transaction in each open state.
 CHECK_PENDING_AFTER = timedelta(seconds=60)
 CHECK_UNKNOWN_AFTER = timedelta(seconds=10)
-CENTS = Decimal(100)
 
 
 class LinkMethod(StrEnum):
@@ -239,21 +240,13 @@ class _Unsettled:
 _SubmitResult = _Accepted | _Rejected | _Unsettled
 
 
-def to_cents(amount: Decimal) -> int:
-    return int(amount * CENTS)
-
-
-def money(cents: int) -> str:
-    return f"{Decimal(cents) / CENTS:.2f}"
-
-
 def transaction_out(txn: Transaction) -> s.TransactionOut:
     return s.TransactionOut(
         id=txn.id,
         type=TransactionType(txn.type),
         method=TransactionMethod(txn.method) if txn.method else None,
         status=TransactionStatus(txn.status),
-        amount=money(txn.amount_cents),
+        amount=format_dollars(txn.amount_cents),
         currency=txn.currency,
         reason_code=txn.reason_code,
         created_at=txn.created_at,
@@ -353,9 +346,13 @@ class FundingService:
     @staticmethod
     def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
         return LimitExceeded(
-            f"The amount exceeds the {name} limit of {money(limit)} USD "
-            f"({money(available)} USD available now).",
-            extra={"limit": name, "limitAmount": money(limit), "available": money(available)},
+            f"The amount exceeds the {name} limit of {format_dollars(limit)} USD "
+            f"({format_dollars(available)} USD available now).",
+            extra={
+                "limit": name,
+                "limitAmount": format_dollars(limit),
+                "available": format_dollars(available),
+            },
         )
 
     async def _usable_bank_account(
@@ -445,7 +442,7 @@ class FundingService:
                 party_ref, intent.bank_account_id, intent.direction
             )
         amount_cents = to_cents(intent.amount)
-        now = await repo.db_now(session)
+        now = await db_now(session)
         await self._check_limits(party_ref, intent.direction, amount_cents, now)
         txn_id = uuid.uuid4()
         wire = intent.wire
@@ -486,7 +483,7 @@ class FundingService:
             if txn.type == TransactionType.DEPOSIT
             else TransferDirection.WITHDRAW,
             method=TransferMethod(cast(str, txn.method)),
-            amount=Decimal(txn.amount_cents) / CENTS,
+            amount=to_dollars(txn.amount_cents),
             currency=txn.currency,
             wire=None
             if wire is None
@@ -520,7 +517,7 @@ class FundingService:
     ) -> Outcome:
         session = self.session
         txn = await repo.lock_transaction(session, txn_id)
-        now = datetime.now(UTC)
+        now = utcnow()
         if result is not None and claimed.resumed:
             txn.submit_attempts += 1
         if isinstance(result, _Accepted):
@@ -581,7 +578,7 @@ class FundingService:
         party = await repo.lock_party(session, party_ref)
         self._gate(party, Direction.DEPOSIT)
         account_id = self._link_account_id(claimed)
-        now = await repo.db_now(session)
+        now = await db_now(session)
         account = BankAccount(
             id=account_id,
             party_ref=party_ref,
@@ -665,7 +662,7 @@ class FundingService:
             if locked is not None and locked.status == BankAccountStatus.PENDING:
                 locked.status = BankAccountStatus.FAILED
                 locked.reason_code = exc.code
-                locked.updated_at = datetime.now(UTC)
+                locked.updated_at = utcnow()
             problem = problem_body(
                 status=exc.http_status,
                 code=exc.code,
@@ -724,7 +721,7 @@ class FundingService:
         locked = await repo.get_bank_account(self.session, party_ref, account_id, lock=True)
         assert locked is not None  # noqa: S101 - bank accounts are never deleted once linked
         locked.status = BankAccountStatus.UNLINKED
-        locked.updated_at = datetime.now(UTC)
+        locked.updated_at = utcnow()
         return await self._finish(claimed, 200, s.dump(bank_account_out(locked)))
 
     # --- reads ----------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ through `transition()`, which applies it or records it as ignored, and always ap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bakkt.types import TransactionStatus as BakktStatus
+from app.core.clock import utcnow
 from app.funding.models import HistorySource, Transaction, TransactionHistory
 from app.funding.models import TransactionStatus as Status
 
@@ -105,7 +106,7 @@ def transition(
     decision = decide(
         current, target, current_event_time=txn.status_event_time, event_time=event_time
     )
-    now = datetime.now(UTC)
+    now = utcnow()
     session.add(
         TransactionHistory(
             transaction_id=txn.id,

@@ -35,12 +35,6 @@ OPEN = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN, TransactionStat
 UNSETTLED = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN)
 
 
-async def db_now(session: AsyncSession) -> datetime:
-    """The database's clock: every replica judges leases and schedules by the same one."""
-    now: datetime = (await session.execute(select(func.clock_timestamp()))).scalar_one()
-    return now
-
-
 # --- claims -------------------------------------------------------------------------------------
 
 

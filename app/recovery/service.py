@@ -18,8 +18,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -37,6 +36,9 @@ from app.bakkt import (
 )
 from app.bakkt.breaker import CircuitOpen
 from app.config import Settings
+from app.core.backoff import backoff
+from app.core.clock import db_now, utcnow
+from app.core.money import format_dollars, to_dollars, whole_cents
 from app.errors import is_database_unavailable
 from app.funding import repository as funding_repo
 from app.funding.models import (
@@ -59,7 +61,6 @@ from app.webhooks.service import (
     KIND_TYPES,
     UNAUTHORIZED_CODES,
     insert_bakkt_started,
-    whole_cents,
 )
 
 log = logging.getLogger("app.recovery")
@@ -182,7 +183,7 @@ async def _db_now(factory: SessionFactory, now: datetime | None) -> datetime:
     if now is not None:
         return now
     async with factory() as session:
-        found = await repo.db_now(session)
+        found = await db_now(session)
         await session.rollback()
         return found
 
@@ -222,7 +223,9 @@ def _mismatch(txn: Transaction, found: BakktTransaction) -> str | None:
     if txn.party_ref != found.party_ref:
         problems.append(f"party {found.party_ref!r} is not the transaction's")
     if whole_cents(found.amount) != txn.amount_cents:
-        problems.append(f"amount {found.amount} differs from ours {txn.amount_cents / 100:.2f}")
+        problems.append(
+            f"amount {found.amount} differs from ours {format_dollars(txn.amount_cents)}"
+        )
     if found.currency.upper() != txn.currency:
         problems.append(f"currency {found.currency} differs from ours {txn.currency}")
     if isinstance(found.kind, TransactionKind):
@@ -293,7 +296,7 @@ async def _hold(session: AsyncSession, txn: Transaction, found: BakktTransaction
         return
     txn.held_for_review = True
     txn.review_reason = f"{why}: {mismatch}"
-    txn.updated_at = datetime.now(UTC)
+    txn.updated_at = utcnow()
     await _alert_once(
         session,
         kind="transaction_held_for_review",
@@ -302,7 +305,7 @@ async def _hold(session: AsyncSession, txn: Transaction, found: BakktTransaction
         data={
             "transactionId": str(txn.id),
             "bakktRef": txn.bakkt_ref,
-            "ours": {"amount": f"{txn.amount_cents / 100:.2f}", "currency": txn.currency},
+            "ours": {"amount": format_dollars(txn.amount_cents), "currency": txn.currency},
             "bakkt": {"amount": str(found.amount), "currency": found.currency},
         },
     )
@@ -425,7 +428,7 @@ def _transfer_request(c: Claimed, idempotency_key: str) -> TransferRequest:
         if c.type == TransactionType.DEPOSIT
         else TransferDirection.WITHDRAW,
         method=TransferMethod(c.method or TransactionMethod.ACH),
-        amount=Decimal(c.amount_cents) / 100,
+        amount=to_dollars(c.amount_cents),
         currency=c.currency,
     )
 
@@ -535,10 +538,11 @@ def _back_off(txn: Transaction, run: _Run, *, unknown: bool) -> None:
     txn.check_attempts += 1
     if unknown:
         base, cap = s.recovery_unknown_backoff_base, s.recovery_unknown_backoff_cap
-        delay = min(base * 2.0 ** min(txn.check_attempts - 1, 30), cap)
+        delay = backoff(txn.check_attempts, base=base, cap=cap)
     else:
+        # The first look came `first_check` after the move; each later one waits twice as long.
         base, cap = s.recovery_sweep_first_check, s.recovery_sweep_backoff_cap
-        delay = min(base * 2.0 ** min(txn.check_attempts, 30), cap)
+        delay = backoff(txn.check_attempts + 1, base=base, cap=cap)
     txn.next_check_at = run.now + timedelta(seconds=delay)
 
 
@@ -862,12 +866,12 @@ async def _reconcile_party(
         summary.transactions_seen += 1
         # One short transaction per item, none open while the next page is fetched.
         async with factory() as session:
-            now = await repo.db_now(session)
+            now = await db_now(session)
             await _reconcile_one(session, found, summary, metrics, unlinked, now)
             await session.commit()
     if unlinked:
         async with factory() as session:
-            now = await repo.db_now(session)
+            now = await db_now(session)
             for ref, related_ref in unlinked:
                 related_id = await funding_repo.transaction_id_by_ref(session, related_ref)
                 if related_id is not None:
@@ -1001,7 +1005,7 @@ async def run_scheduled_reconcile(
     if circuit_open(bakkt):
         return None
     async with session_factory() as session:
-        now = now or await repo.db_now(session)
+        now = now or await db_now(session)
         job = await repo.lock_job(session, RECONCILE_JOB)
         if job is None or not _due(
             job.running_until, job.last_started_at, job.last_success_started_at, now, settings

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
+from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings
+from app.core.backoff import backoff
+from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
 from app.recovery import service
 from app.recovery.metrics import METRICS, Metrics
@@ -178,7 +181,7 @@ class Workers:
                 raise
             except Exception as exc:
                 failures += 1
-                delay = min(2.0 ** (failures - 1), ERROR_BACKOFF_CAP)
+                delay = backoff(failures, base=1.0, cap=ERROR_BACKOFF_CAP)
                 if is_database_unavailable(exc):
                     self.metrics.inc("recovery_job_errors_total", job=job.name, cause="database")
                     if not in_outage:
@@ -209,9 +212,6 @@ class Workers:
 
 async def run_standalone(settings: Settings) -> None:
     """`fiat-onramp worker`: the recovery workers in their own process, until SIGTERM/SIGINT."""
-    from app.db import create_engine, create_session_factory
-    from app.main import bakkt_breaker, bakkt_config
-
     engine = create_engine(settings)
     try:
         factory = create_session_factory(engine)

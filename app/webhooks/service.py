@@ -12,8 +12,7 @@ import hashlib
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +29,9 @@ from app.bakkt.webhooks import (
     parse_webhook,
 )
 from app.bakkt.webhooks import WebhookEvent as ParsedEvent
+from app.core.backoff import backoff
+from app.core.clock import utcnow
+from app.core.money import format_dollars, whole_cents
 from app.funding import repository as funding_repo
 from app.funding.models import (
     BankAccount,
@@ -319,8 +321,8 @@ async def _note_failure(
 
 
 def _backoff(attempts: int) -> timedelta:
-    delay: timedelta = RETRY_BASE * 2 ** min(max(attempts - 1, 0), 20)
-    return min(delay, RETRY_CAP)
+    seconds = backoff(attempts, base=RETRY_BASE.total_seconds(), cap=RETRY_CAP.total_seconds())
+    return timedelta(seconds=seconds)
 
 
 async def _apply(session: AsyncSession, event: ParsedEvent, *, now: datetime) -> Outcome:
@@ -488,7 +490,9 @@ def _mismatch(txn: Transaction, event: FiatEvent, cents: int | None) -> str | No
     if txn.party_ref != event.party_ref:
         problems.append(f"party {event.party_ref!r} is not the transaction's")
     if cents != txn.amount_cents:
-        problems.append(f"amount {bakkt.amount} differs from ours {_dollars(txn.amount_cents)}")
+        problems.append(
+            f"amount {bakkt.amount} differs from ours {format_dollars(txn.amount_cents)}"
+        )
     if bakkt.currency.upper() != txn.currency:
         problems.append(f"currency {bakkt.currency} differs from ours {txn.currency}")
     if isinstance(bakkt.kind, TransactionKind):
@@ -531,7 +535,7 @@ async def _hold(
                 "requestId": event.event_id,
                 "transactionId": str(txn.id),
                 "bakktRef": txn.bakkt_ref,
-                "ours": {"amount": str(_dollars(txn.amount_cents)), "currency": txn.currency},
+                "ours": {"amount": format_dollars(txn.amount_cents), "currency": txn.currency},
                 "bakkt": {
                     "amount": str(event.transaction.amount),
                     "currency": event.transaction.currency,
@@ -695,7 +699,7 @@ async def rematch_parked(
     UNMATCHED, flagged for an operator with an alert. Also links fees and adjustments to
     transfers that have appeared since. Returns how many events it claimed; a caller may call
     again at once while that equals `limit`."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     claimed = 0
     seen: set[int] = set()
     async with session_factory() as session:
@@ -741,18 +745,6 @@ def _newer(
     if current_time is None or event_time > current_time:
         return True
     return event_time == current_time and rank.get(status, 0) > rank.get(current_status, 0)
-
-
-def whole_cents(amount: Decimal) -> int | None:
-    """Whole cents, or None for an amount the ledger cannot hold (negative, sub-cent)."""
-    cents = amount * 100
-    if cents < 0 or cents != cents.to_integral_value():
-        return None
-    return int(cents)
-
-
-def _dollars(cents: int) -> Decimal:
-    return Decimal(cents).scaleb(-2)
 
 
 def _last4(mask: str | None) -> str | None:

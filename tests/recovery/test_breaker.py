@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bakkt import BakktClient, BakktRejected, BakktUnavailable
 from app.bakkt.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker, CircuitOpen
+from app.bakkt.setup import bakkt_config
 from app.config import Settings
-from app.main import bakkt_config
 from app.recovery.metrics import Metrics, watch_breaker
 from app.recovery.service import settle_unknown, sweep_pending
 from bakkt_sandbox.testing import RunningSandbox

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bakkt import BakktClient, BakktOutcomeUnknown
+from app.bakkt.setup import bakkt_config
 from app.config import Settings
-from app.main import bakkt_config
 from app.recovery.metrics import Metrics
 from app.recovery.service import (
     KEY_EXPIRED,
