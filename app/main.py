@@ -18,7 +18,7 @@ from app.db import create_engine, create_session_factory
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
-from app.recovery.metrics import METRICS, watch_breaker
+from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
 from app.webhooks.router import router as webhooks_router
@@ -51,7 +51,7 @@ def create_app(
                 )
             else:
                 app.state.bakkt = bakkt
-            watch_breaker(app.state.metrics, app.state.bakkt.breaker)
+            watch_bakkt(app.state.metrics, app.state.bakkt)
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(

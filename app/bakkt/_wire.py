@@ -2,7 +2,7 @@
 
 Parse leniently (both spellings where sources disagree, unknown enum values kept raw and logged,
 extra fields ignored); emit exactly the documented shapes. Shapes not published by Bakkt follow
-shared/bakkt/DECISIONS.md, section named beside each.
+docs/bakkt-contract.md, the item named beside each.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def parse_time(value: Any, name: str) -> datetime:
         except ValueError:
             raise BadShape(f"{name} is not an ISO-8601 time") from None
     elif isinstance(value, int | Decimal) and not isinstance(value, bool):
-        # CONTRACT.md §1 mentions epoch times; milliseconds when the number is too big for seconds.
+        # docs/bakkt-contract.md §1 mentions epoch times; milliseconds when the number is too big
+        # for seconds.
         seconds = float(value) / 1000 if value > 10**11 else float(value)
         parsed = datetime.fromtimestamp(seconds, tz=UTC)
     else:
@@ -142,7 +143,7 @@ def mapping(value: Any, what: str) -> Mapping[str, Any]:
 
 
 def token(body: Any) -> tuple[str, float | None]:
-    """(access token, lifetime in seconds if stated). CONTRACT.md §2.1 and DECISIONS.md A1."""
+    """(access token, lifetime in seconds if stated). docs/bakkt-contract.md §2.1 and A1."""
     obj = mapping(body, "token response")
     access = text(obj, "accessToken", "access_token")
     raw_expiry = _pick(obj, "expiresIn", "expires_in")
@@ -155,9 +156,9 @@ def token(body: Any) -> tuple[str, float | None]:
 
 
 def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
-    # The whole object is assumed: shared/bakkt/DECISIONS.md A5. The request spelling
-    # `fiatTransactType` and `instrumentType` are accepted for the kind because CONTRACT.md §4.4
-    # leaves open which field carries it.
+    # The whole object is assumed: docs/bakkt-contract.md A5. The request spelling
+    # `fiatTransactType` and `instrumentType` are accepted for the kind because
+    # docs/bakkt-contract.md §4.4 leaves open which field carries it.
     return BakktTransaction(
         transaction_ref=text(obj, "partnerTransactionRef"),
         related_transaction_ref=opt_text(obj, "relatedPartnerTransactionRef"),
@@ -178,7 +179,7 @@ def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
 
 
 def transaction_page(body: Any) -> tuple[list[BakktTransaction], str | None]:
-    # shared/bakkt/DECISIONS.md A4.
+    # docs/bakkt-contract.md A4.
     obj = mapping(body, "transaction page")
     items = obj.get("transactions")
     if not isinstance(items, list):
@@ -189,13 +190,14 @@ def transaction_page(body: Any) -> tuple[list[BakktTransaction], str | None]:
 
 
 def link_url(body: Any) -> LinkUrl:
-    # shared/bakkt/DECISIONS.md A2.
+    # docs/bakkt-contract.md A2.
     obj = mapping(body, "link URL response")
     return LinkUrl(url=text(obj, "linkUrl"), expires_at=time(obj, "expiresAt"))
 
 
 def balance(body: Any, currency: str) -> Balance:
-    # Documented as an array of per-currency rows (CONTRACT.md §2.10); a single object is taken too.
+    # Documented as an array of per-currency rows (docs/bakkt-contract.md §2.10); a single object
+    # is taken too.
     rows = body if isinstance(body, list) else [mapping(body, "balance")]
     for row in rows:
         row = mapping(row, "balance row")
@@ -233,7 +235,7 @@ def heartbeat(body: Any) -> str:
 
 
 class ApiError:
-    """A `PublicApiError` body (CONTRACT.md §5.1), read as far as it can be."""
+    """A `PublicApiError` body (docs/bakkt-contract.md §5.1), read as far as it can be."""
 
     __slots__ = ("bakkt_type", "description", "detail", "details", "original")
 
@@ -249,7 +251,7 @@ class ApiError:
             for item in (raw_details if isinstance(raw_details, list) else [])
             if isinstance(item, Mapping)
         )
-        # shared/bakkt/DECISIONS.md A7: a 409 carries {"status": int, "body": any}.
+        # docs/bakkt-contract.md A7: a 409 carries {"status": int, "body": any}.
         original = obj.get("originalResponse")
         self.original: tuple[int, Any] | None = None
         if isinstance(original, Mapping):

@@ -68,7 +68,8 @@ class LinkStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class WireDestination:
-    """Where a wire withdrawal goes. Bakkt sends to exactly these details (CONTRACT.md §2.8)."""
+    """Where a wire withdrawal goes. Bakkt sends to exactly these details
+    (docs/bakkt-contract.md §2.8)."""
 
     routing_number: str
     account_number: str = field(repr=False)
@@ -141,7 +142,8 @@ class LinkUrl:
 
 @dataclass(frozen=True, slots=True)
 class WireInstructions:
-    """Bakkt's bank details for one party's inbound wire. Never cache them (CONTRACT.md §2.9)."""
+    """Bakkt's bank details for one party's inbound wire. Never cache them
+    (docs/bakkt-contract.md §2.9)."""
 
     # The party's own code; the sender must put it in the wire's beneficiary instructions.
     reference_number: str

@@ -1,6 +1,6 @@
 """Bakkt's webhook bodies, read into our events. Signatures are checked before this, elsewhere.
 
-The payloads are assumed: shared/bakkt/DECISIONS.md A6 (FIAT_EVENT flattens the A5 transaction).
+The payloads are assumed: docs/bakkt-contract.md A6 (FIAT_EVENT flattens the A5 transaction).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _parse(obj: Mapping[str, Any]) -> WebhookEvent:
             event_time=wire.time(obj, "eventTime"),
             status=wire.enum_or_raw(PartyStatus, obj.get("partyStatus"), "partyStatus"),
             reason_code=wire.opt_text(obj, "reasonCode"),
-            # CONTRACT.md §4.3: the casing of these two differs between Bakkt's own pages.
+            # docs/bakkt-contract.md §4.3: the casing of these two differs between Bakkt's pages.
             verification_url=wire.opt_text(obj, "verificationURL", "verificationUrl"),
             verification_url_expiry=wire.opt_time(
                 obj, "verificationURLExpiry", "verificationUrlExpiry"

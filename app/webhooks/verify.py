@@ -1,7 +1,7 @@
 """Who may post a webhook: checked on the raw bytes, before anything is parsed or stored.
 
 Bakkt publishes nothing about how its webhooks are authenticated; this follows the assumption in
-shared/bakkt/DECISIONS.md A6: the Standard Webhooks HMAC scheme by default, plus an optional
+docs/bakkt-contract.md A6: the Standard Webhooks HMAC scheme by default, plus an optional
 static header token and an optional source-IP allow-list, each switched on by settings.
 """
 
