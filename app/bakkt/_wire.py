@@ -19,10 +19,17 @@ from app.bakkt.errors import FieldError
 from app.bakkt.types import (
     BakktTransaction,
     Balance,
+    BankLinkEvent,
+    FiatEvent,
+    LinkStatus,
     LinkUrl,
+    PartyEvent,
+    PartyStatus,
     TransactionKind,
     TransactionStatus,
     TransferRequest,
+    UnknownEvent,
+    WebhookEvent,
     WireInstructions,
 )
 
@@ -356,3 +363,96 @@ def unlink_body(link_ref: str, instrument: str) -> dict[str, Any]:
 
 def heartbeat_body(request_id: str) -> dict[str, Any]:
     return {"requestId": request_id}
+
+
+# --- listing transactions (docs/bakkt-contract.md A3, A4) ---------------------------------------
+
+TRANSACTION_NOT_FOUND = "TRANSACTION_NOT_FOUND"
+
+
+def transactions_query(
+    page_size: int,
+    updated_since: datetime | None,
+    statuses: Iterable[TransactionStatus | str],
+    page_token: str | None,
+) -> list[tuple[str, str]]:
+    params = [("pageSize", str(page_size))]
+    if updated_since is not None:
+        stamp = updated_since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        params.append(("updatedSince", stamp))
+    params += [("status", str(status)) for status in statuses]
+    if page_token is not None:
+        params.append(("pageToken", page_token))
+    return params
+
+
+# --- webhooks (docs/bakkt-contract.md A6) -------------------------------------------------------
+
+FIAT_EVENT = "FIAT_EVENT"
+PARTY_EVENT = "PARTY_EVENT"
+BANK_ACCOUNT_LINK = "BANK_ACCOUNT_LINK"
+# Standard Webhooks' headers, and the static token a partner may configure instead or as well.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+WEBHOOK_TOKEN_HEADER = "x-webhook-token"  # noqa: S105 - a header name, not a secret
+
+
+def webhook_type(event: WebhookEvent) -> str:
+    """Bakkt's `partnerWebhookType` of a parsed event."""
+    if isinstance(event, FiatEvent):
+        return FIAT_EVENT
+    if isinstance(event, PartyEvent):
+        return PARTY_EVENT
+    if isinstance(event, BankLinkEvent):
+        return BANK_ACCOUNT_LINK
+    return event.webhook_type
+
+
+def webhook(obj: Mapping[str, Any]) -> WebhookEvent:
+    event_id = text(obj, "requestId")
+    kind = text(obj, "partnerWebhookType")
+    if kind == FIAT_EVENT:
+        fiat = transaction(obj)
+        return FiatEvent(
+            event_id=event_id,
+            party_ref=fiat.party_ref,
+            event_time=time(obj, "eventTime"),
+            transaction=fiat,
+        )
+    if kind == PARTY_EVENT:
+        return PartyEvent(
+            event_id=event_id,
+            party_ref=text(obj, "partnerPartyRef"),
+            event_time=time(obj, "eventTime"),
+            status=enum_or_raw(PartyStatus, obj.get("partyStatus"), "partyStatus"),
+            reason_code=opt_text(obj, "reasonCode"),
+            # docs/bakkt-contract.md §4.3: the casing of these two differs between Bakkt's pages.
+            verification_url=opt_text(obj, "verificationURL", "verificationUrl"),
+            verification_url_expiry=opt_time(obj, "verificationURLExpiry", "verificationUrlExpiry"),
+        )
+    if kind == BANK_ACCOUNT_LINK:
+        return BankLinkEvent(
+            event_id=event_id,
+            party_ref=text(obj, "partnerPartyRef"),
+            event_time=time(obj, "eventTime"),
+            link_ref=text(obj, "partnerTransactionRef"),
+            status=enum_or_raw(LinkStatus, obj.get("linkStatus"), "linkStatus"),
+            reason_code=opt_text(obj, "reasonCode"),
+            bank_name=opt_text(obj, "bankName"),
+            account_mask=opt_text(obj, "accountMask"),
+            account_type=opt_text(obj, "accountType"),
+        )
+    log.warning("unknown Bakkt webhook type %r (event %s) kept as is", kind, event_id)
+    party_ref = obj.get("partnerPartyRef")
+    try:
+        event_time = opt_time(obj, "eventTime")
+    except BadShape:
+        event_time = None
+    return UnknownEvent(
+        event_id=event_id,
+        party_ref=party_ref if isinstance(party_ref, str) else None,
+        event_time=event_time,
+        webhook_type=kind,
+        body=obj,
+    )

@@ -324,7 +324,7 @@ class BakktClient:
         if ex.response.is_success:
             return self._parse(ex, lambda body: wire.transaction(wire.mapping(body, "transaction")))
         error = ex.rejection()
-        if error.bakkt_type == "TRANSACTION_NOT_FOUND":
+        if error.bakkt_type == wire.TRANSACTION_NOT_FOUND:
             return None
         raise error
 
@@ -340,17 +340,13 @@ class BakktClient:
         # docs/bakkt-contract.md A4.
         if not 1 <= page_size <= 500:
             raise ValueError("page_size must be within 1..500")
-        params = httpx.QueryParams({"pageSize": page_size})
-        if updated_since is not None:
-            if updated_since.tzinfo is None:
-                raise ValueError("updated_since must be timezone-aware")
-            stamp = updated_since.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            params = params.add("updatedSince", stamp)
-        for status in statuses or ():
-            params = params.add("status", str(status))
+        if updated_since is not None and updated_since.tzinfo is None:
+            raise ValueError("updated_since must be timezone-aware")
         page_token: str | None = None
         while True:
-            query = params if page_token is None else params.add("pageToken", page_token)
+            query = httpx.QueryParams(
+                tuple(wire.transactions_query(page_size, updated_since, statuses or (), page_token))
+            )
             ex = await self._exchange(
                 "GET", self._party(party_ref, "transactions"), _READ, params=query
             )

@@ -15,8 +15,7 @@ from app.db import get_session
 from app.errors import PROBLEM_JSON, AppError, NotFound, PayloadTooLarge, Unprocessable
 from app.errors import problem_responses as _problem_responses
 from app.funding import schemas
-from app.funding.models import TransactionMethod
-from app.funding.service import (
+from app.funding.errors import (
     BAKKT_REJECTIONS,
     BakktUnavailableProblem,
     BankAccountDisabled,
@@ -24,21 +23,22 @@ from app.funding.service import (
     BankAccountNotFound,
     BankAccountNotLinked,
     BankAccountUnderReview,
-    Direction,
-    FundingService,
-    IdempotentResponse,
     InvalidCursor,
     LimitExceeded,
     NoLinkedBankAccount,
     PartyNotActive,
     PartySuspended,
     TransactionNotFound,
-    TransferIntent,
     UnknownBankAccount,
 )
+from app.funding.models import TransactionMethod
+from app.funding.service import (
+    Direction,
+    FundingService,
+    TransferIntent,
+)
+from app.idempotency.http import HEADER, REPLAYED_HEADER, render
 from app.idempotency.service import (
-    HEADER,
-    REPLAYED_HEADER,
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
@@ -86,14 +86,6 @@ def _idempotent(request: Request, party_ref: str, key: str, body: Any) -> Idempo
         method=request.method,
         path=path,
         fingerprint=fingerprint(request.method, path, body),
-    )
-
-
-def _render(outcome: IdempotentResponse) -> JSONResponse:
-    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
-    media_type = PROBLEM_JSON if outcome.status >= 400 else "application/json"
-    return JSONResponse(
-        outcome.body, status_code=outcome.status, headers=headers, media_type=media_type
     )
 
 
@@ -216,7 +208,7 @@ async def create_link_session(
 ) -> JSONResponse:
     payload = body or schemas.LinkSessionRequest()
     idem = _idempotent(request, party_ref, key, payload)
-    return _render(await service.create_link_session(party_ref, payload, idem))
+    return render(await service.create_link_session(party_ref, payload, idem))
 
 
 @router.post(
@@ -246,7 +238,7 @@ async def link_bank_account(
     body: schemas.PlaidLinkRequest,
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, body)
-    return _render(await service.link_plaid(party_ref, body, idem))
+    return render(await service.link_plaid(party_ref, body, idem))
 
 
 @router.get(
@@ -284,7 +276,7 @@ async def unlink_bank_account(
     bank_account_id: Annotated[uuid.UUID, Path(alias="bankAccountId")],
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, None)
-    return _render(await service.unlink(party_ref, bank_account_id, idem))
+    return render(await service.unlink(party_ref, bank_account_id, idem))
 
 
 _TRANSFER_RESPONSES = (
@@ -326,7 +318,7 @@ async def deposit(
         amount=body.amount,
         bank_account_id=body.bank_account_id,
     )
-    return _render(await service.transfer(party_ref, intent, idem))
+    return render(await service.transfer(party_ref, intent, idem))
 
 
 @router.post(
@@ -363,7 +355,7 @@ async def withdraw(
             amount=body.amount,
             bank_account_id=body.bank_account_id,
         )
-    return _render(await service.transfer(party_ref, intent, idem))
+    return render(await service.transfer(party_ref, intent, idem))
 
 
 @router.get(

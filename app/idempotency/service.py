@@ -28,8 +28,6 @@ from app.idempotency import repository as repo
 
 log = logging.getLogger("app.idempotency")
 
-HEADER = "Idempotency-Key"
-REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY_SYNTAX = re.compile(r"^[\x20-\x7e]{8,255}$")
 
 
@@ -179,7 +177,7 @@ async def claim(
             await session.rollback()
             raise IdempotencyRequestInProgress(
                 "The first request with this key has not finished yet; retry shortly.",
-                headers={"Retry-After": "1"},
+                retry_after=1,
             )
         taken = await repo.take_over(session, key_id, lease)
         if taken is not None:
@@ -194,7 +192,7 @@ async def claim(
         await session.rollback()
     raise IdempotencyRequestInProgress(
         "The request with this key is changing hands; retry shortly.",
-        headers={"Retry-After": "1"},
+        retry_after=1,
     )
 
 

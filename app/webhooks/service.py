@@ -25,8 +25,8 @@ from app.bakkt.webhooks import (
     FiatEvent,
     MalformedWebhook,
     PartyEvent,
-    UnknownEvent,
     parse_webhook,
+    webhook_type,
 )
 from app.bakkt.webhooks import WebhookEvent as ParsedEvent
 from app.core.backoff import backoff
@@ -75,11 +75,6 @@ _LINK_RANK = {
     BankAccountStatus.UNLINKED: 3,
     BankAccountStatus.DISABLED: 4,
 }
-_EVENT_TYPES: dict[type[Any], str] = {
-    FiatEvent: "FIAT_EVENT",
-    PartyEvent: "PARTY_EVENT",
-    BankLinkEvent: "BANK_ACCOUNT_LINK",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +115,7 @@ async def receive(session: AsyncSession, delivery: VerifiedWebhook) -> Receipt:
     event_pk = await repo.insert_event(
         session,
         request_id=event.event_id,
-        event_type=_EVENT_TYPES.get(type(event))
-        or (event.webhook_type[:64] if isinstance(event, UnknownEvent) else None),
+        event_type=webhook_type(event)[:64],
         party_ref=clip(event.party_ref, 255),
         transaction_ref=clip(_transaction_ref(event), 255),
         related_ref=clip(
