@@ -191,9 +191,9 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 async def _reconcile(settings: Settings, since: datetime, parties: list[str] | None) -> bool:
     from app.bakkt.client import BakktClient
+    from app.bakkt.setup import bakkt_breaker, bakkt_config
     from app.db import create_engine, create_session_factory
-    from app.main import bakkt_breaker, bakkt_config
-    from app.recovery.service import reconcile
+    from app.recovery.reconcile import reconcile
 
     engine = create_engine(settings)
     try:

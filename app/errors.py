@@ -22,6 +22,8 @@ from app.core.context import current_request_id
 
 logger = logging.getLogger(__name__)
 
+RETRY_AFTER = "Retry-After"
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -38,10 +40,14 @@ class AppError(Exception):
         *,
         extra: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         self.detail = detail or self.title
         self.extra = dict(extra or {})
         self.headers = dict(headers or {})
+        # Services say when to come back in seconds; the header is this layer's business.
+        if retry_after is not None:
+            self.headers[RETRY_AFTER] = str(retry_after)
         super().__init__(self.detail)
 
 
@@ -293,7 +299,7 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
             title=DatabaseUnavailable.title,
             detail="The database is not reachable right now. Retry with the same Idempotency-Key.",
             instance=request.url.path,
-            headers={"Retry-After": "2"},
+            headers={RETRY_AFTER: "2"},
         )
     logger.exception("unhandled error serving %s", request.url.path)
     return problem_response(

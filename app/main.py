@@ -10,52 +10,20 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
-from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
-from app.bakkt.config import BakktConfig
+from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
-from app.recovery.metrics import METRICS, watch_breaker
+from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
 from app.webhooks.router import router as webhooks_router
 
 logger = logging.getLogger(__name__)
-
-
-def bakkt_config(settings: Settings) -> BakktConfig:
-    return BakktConfig(
-        base_url=settings.bakkt_base_url,
-        partner_id=settings.bakkt_partner_id,
-        client_id=settings.bakkt_client_id,
-        client_secret=settings.bakkt_client_secret,
-        connect_timeout=settings.bakkt_connect_timeout,
-        read_timeout=settings.bakkt_read_timeout,
-        pool_timeout=settings.bakkt_pool_timeout,
-        write_timeout=settings.bakkt_write_timeout,
-        max_connections=settings.bakkt_max_connections,
-        transport=settings.bakkt_transport,
-        max_attempts=settings.bakkt_transfer_max_attempts,
-        backoff_base=settings.bakkt_retry_backoff_base,
-        backoff_cap=settings.bakkt_retry_backoff_cap,
-        backoff_jitter=settings.bakkt_backoff_jitter,
-        max_retry_after=settings.bakkt_max_retry_after,
-        token_refresh_margin=settings.bakkt_token_refresh_margin,
-    )
-
-
-def bakkt_breaker(settings: Settings) -> CircuitBreaker | None:
-    """The process's circuit breaker toward Bakkt; None when BAKKT_BREAKER_FAILURES is 0."""
-    if settings.bakkt_breaker_failures == 0:
-        return None
-    return CircuitBreaker(
-        failure_threshold=settings.bakkt_breaker_failures,
-        cooldown=settings.bakkt_breaker_cooldown,
-    )
 
 
 def create_app(
@@ -83,7 +51,7 @@ def create_app(
                 )
             else:
                 app.state.bakkt = bakkt
-            watch_breaker(app.state.metrics, app.state.bakkt.breaker)
+            watch_bakkt(app.state.metrics, app.state.bakkt)
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(

@@ -2,7 +2,7 @@
 
 Parse leniently (both spellings where sources disagree, unknown enum values kept raw and logged,
 extra fields ignored); emit exactly the documented shapes. Shapes not published by Bakkt follow
-shared/bakkt/DECISIONS.md, section named beside each.
+docs/bakkt-contract.md, the item named beside each.
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ from app.bakkt.errors import FieldError
 from app.bakkt.types import (
     BakktTransaction,
     Balance,
+    BankLinkEvent,
+    FiatEvent,
+    LinkStatus,
     LinkUrl,
+    PartyEvent,
+    PartyStatus,
     TransactionKind,
     TransactionStatus,
     TransferRequest,
+    UnknownEvent,
+    WebhookEvent,
     WireInstructions,
 )
 
@@ -105,7 +112,8 @@ def parse_time(value: Any, name: str) -> datetime:
         except ValueError:
             raise BadShape(f"{name} is not an ISO-8601 time") from None
     elif isinstance(value, int | Decimal) and not isinstance(value, bool):
-        # CONTRACT.md §1 mentions epoch times; milliseconds when the number is too big for seconds.
+        # docs/bakkt-contract.md §1 mentions epoch times; milliseconds when the number is too big
+        # for seconds.
         seconds = float(value) / 1000 if value > 10**11 else float(value)
         parsed = datetime.fromtimestamp(seconds, tz=UTC)
     else:
@@ -142,7 +150,7 @@ def mapping(value: Any, what: str) -> Mapping[str, Any]:
 
 
 def token(body: Any) -> tuple[str, float | None]:
-    """(access token, lifetime in seconds if stated). CONTRACT.md §2.1 and DECISIONS.md A1."""
+    """(access token, lifetime in seconds if stated). docs/bakkt-contract.md §2.1 and A1."""
     obj = mapping(body, "token response")
     access = text(obj, "accessToken", "access_token")
     raw_expiry = _pick(obj, "expiresIn", "expires_in")
@@ -155,9 +163,9 @@ def token(body: Any) -> tuple[str, float | None]:
 
 
 def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
-    # The whole object is assumed: shared/bakkt/DECISIONS.md A5. The request spelling
-    # `fiatTransactType` and `instrumentType` are accepted for the kind because CONTRACT.md §4.4
-    # leaves open which field carries it.
+    # The whole object is assumed: docs/bakkt-contract.md A5. The request spelling
+    # `fiatTransactType` and `instrumentType` are accepted for the kind because
+    # docs/bakkt-contract.md §4.4 leaves open which field carries it.
     return BakktTransaction(
         transaction_ref=text(obj, "partnerTransactionRef"),
         related_transaction_ref=opt_text(obj, "relatedPartnerTransactionRef"),
@@ -178,7 +186,7 @@ def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
 
 
 def transaction_page(body: Any) -> tuple[list[BakktTransaction], str | None]:
-    # shared/bakkt/DECISIONS.md A4.
+    # docs/bakkt-contract.md A4.
     obj = mapping(body, "transaction page")
     items = obj.get("transactions")
     if not isinstance(items, list):
@@ -189,13 +197,14 @@ def transaction_page(body: Any) -> tuple[list[BakktTransaction], str | None]:
 
 
 def link_url(body: Any) -> LinkUrl:
-    # shared/bakkt/DECISIONS.md A2.
+    # docs/bakkt-contract.md A2.
     obj = mapping(body, "link URL response")
     return LinkUrl(url=text(obj, "linkUrl"), expires_at=time(obj, "expiresAt"))
 
 
 def balance(body: Any, currency: str) -> Balance:
-    # Documented as an array of per-currency rows (CONTRACT.md §2.10); a single object is taken too.
+    # Documented as an array of per-currency rows (docs/bakkt-contract.md §2.10); a single object
+    # is taken too.
     rows = body if isinstance(body, list) else [mapping(body, "balance")]
     for row in rows:
         row = mapping(row, "balance row")
@@ -233,7 +242,7 @@ def heartbeat(body: Any) -> str:
 
 
 class ApiError:
-    """A `PublicApiError` body (CONTRACT.md §5.1), read as far as it can be."""
+    """A `PublicApiError` body (docs/bakkt-contract.md §5.1), read as far as it can be."""
 
     __slots__ = ("bakkt_type", "description", "detail", "details", "original")
 
@@ -249,7 +258,7 @@ class ApiError:
             for item in (raw_details if isinstance(raw_details, list) else [])
             if isinstance(item, Mapping)
         )
-        # shared/bakkt/DECISIONS.md A7: a 409 carries {"status": int, "body": any}.
+        # docs/bakkt-contract.md A7: a 409 carries {"status": int, "body": any}.
         original = obj.get("originalResponse")
         self.original: tuple[int, Any] | None = None
         if isinstance(original, Mapping):
@@ -354,3 +363,96 @@ def unlink_body(link_ref: str, instrument: str) -> dict[str, Any]:
 
 def heartbeat_body(request_id: str) -> dict[str, Any]:
     return {"requestId": request_id}
+
+
+# --- listing transactions (docs/bakkt-contract.md A3, A4) ---------------------------------------
+
+TRANSACTION_NOT_FOUND = "TRANSACTION_NOT_FOUND"
+
+
+def transactions_query(
+    page_size: int,
+    updated_since: datetime | None,
+    statuses: Iterable[TransactionStatus | str],
+    page_token: str | None,
+) -> list[tuple[str, str]]:
+    params = [("pageSize", str(page_size))]
+    if updated_since is not None:
+        stamp = updated_since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        params.append(("updatedSince", stamp))
+    params += [("status", str(status)) for status in statuses]
+    if page_token is not None:
+        params.append(("pageToken", page_token))
+    return params
+
+
+# --- webhooks (docs/bakkt-contract.md A6) -------------------------------------------------------
+
+FIAT_EVENT = "FIAT_EVENT"
+PARTY_EVENT = "PARTY_EVENT"
+BANK_ACCOUNT_LINK = "BANK_ACCOUNT_LINK"
+# Standard Webhooks' headers, and the static token a partner may configure instead or as well.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+WEBHOOK_TOKEN_HEADER = "x-webhook-token"  # noqa: S105 - a header name, not a secret
+
+
+def webhook_type(event: WebhookEvent) -> str:
+    """Bakkt's `partnerWebhookType` of a parsed event."""
+    if isinstance(event, FiatEvent):
+        return FIAT_EVENT
+    if isinstance(event, PartyEvent):
+        return PARTY_EVENT
+    if isinstance(event, BankLinkEvent):
+        return BANK_ACCOUNT_LINK
+    return event.webhook_type
+
+
+def webhook(obj: Mapping[str, Any]) -> WebhookEvent:
+    event_id = text(obj, "requestId")
+    kind = text(obj, "partnerWebhookType")
+    if kind == FIAT_EVENT:
+        fiat = transaction(obj)
+        return FiatEvent(
+            event_id=event_id,
+            party_ref=fiat.party_ref,
+            event_time=time(obj, "eventTime"),
+            transaction=fiat,
+        )
+    if kind == PARTY_EVENT:
+        return PartyEvent(
+            event_id=event_id,
+            party_ref=text(obj, "partnerPartyRef"),
+            event_time=time(obj, "eventTime"),
+            status=enum_or_raw(PartyStatus, obj.get("partyStatus"), "partyStatus"),
+            reason_code=opt_text(obj, "reasonCode"),
+            # docs/bakkt-contract.md §4.3: the casing of these two differs between Bakkt's pages.
+            verification_url=opt_text(obj, "verificationURL", "verificationUrl"),
+            verification_url_expiry=opt_time(obj, "verificationURLExpiry", "verificationUrlExpiry"),
+        )
+    if kind == BANK_ACCOUNT_LINK:
+        return BankLinkEvent(
+            event_id=event_id,
+            party_ref=text(obj, "partnerPartyRef"),
+            event_time=time(obj, "eventTime"),
+            link_ref=text(obj, "partnerTransactionRef"),
+            status=enum_or_raw(LinkStatus, obj.get("linkStatus"), "linkStatus"),
+            reason_code=opt_text(obj, "reasonCode"),
+            bank_name=opt_text(obj, "bankName"),
+            account_mask=opt_text(obj, "accountMask"),
+            account_type=opt_text(obj, "accountType"),
+        )
+    log.warning("unknown Bakkt webhook type %r (event %s) kept as is", kind, event_id)
+    party_ref = obj.get("partnerPartyRef")
+    try:
+        event_time = opt_time(obj, "eventTime")
+    except BadShape:
+        event_time = None
+    return UnknownEvent(
+        event_id=event_id,
+        party_ref=party_ref if isinstance(party_ref, str) else None,
+        event_time=event_time,
+        webhook_type=kind,
+        body=obj,
+    )

@@ -79,10 +79,6 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return self._state
 
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
     def is_open(self) -> bool:
         """True when a call made now would be refused. Consumes nothing, so a caller may ask
         before writing anything (the funding API's fast 503) without taking the probe."""

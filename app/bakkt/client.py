@@ -25,7 +25,7 @@ import httpx
 import jwt
 
 from app.bakkt import _wire as wire
-from app.bakkt.breaker import CircuitBreaker
+from app.bakkt.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from app.bakkt.config import BakktConfig
 from app.bakkt.errors import (
     BakktAuthFailed,
@@ -45,6 +45,7 @@ from app.bakkt.types import (
     TransferRequest,
     WireInstructions,
 )
+from app.core.backoff import backoff
 from app.core.context import current_request_id
 
 log = logging.getLogger("app.bakkt")
@@ -183,6 +184,9 @@ class BakktClient:
         self._rng = random.SystemRandom()
         self._tokens = _TokenCache(self._fetch_token, config.token_refresh_margin, clock)
         self._party_root = f"{_PREFIX}/partner/{quote(config.partner_id, safe='')}/party"
+        # Whether Bakkt answered the latest heartbeat; None before the first (the `bakkt_up`
+        # gauge on /metrics).
+        self.last_heartbeat_ok: bool | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -201,16 +205,27 @@ class BakktClient:
     # --- operations --------------------------------------------------------------------------
 
     async def heartbeat(self) -> str:
-        """Bakkt's answer to a ping ("PONG: ..."); one attempt, so it reports what it sees."""
-        ex = await self._exchange(
-            "POST", f"{_PREFIX}/heartbeat", _HEARTBEAT, json=wire.heartbeat_body(str(uuid.uuid4()))
-        )
-        return self._parse(ex, wire.heartbeat)
+        """Bakkt's answer to a ping ("PONG: ..."); one attempt, so it reports what it sees.
+        Bakkt's guide offers it for exactly "is Bakkt available": the breaker's probe and the
+        `bakkt_up` gauge are built on it."""
+        try:
+            ex = await self._exchange(
+                "POST",
+                f"{_PREFIX}/heartbeat",
+                _HEARTBEAT,
+                json=wire.heartbeat_body(str(uuid.uuid4())),
+            )
+            answer = self._parse(ex, wire.heartbeat)
+        except BakktError:
+            self.last_heartbeat_ok = False
+            raise
+        self.last_heartbeat_ok = True
+        return answer
 
     async def create_link_url(
         self, party_ref: str, link_ref: str, redirect_uri: str | None = None
     ) -> LinkUrl:
-        # shared/bakkt/DECISIONS.md A2. Read-like: a repeat at worst leaves an unused URL to expire.
+        # docs/bakkt-contract.md A2. Read-like: a repeat at worst leaves an unused URL to expire.
         ex = await self._exchange(
             "POST",
             self._party(party_ref, "bankAccountLinking/linkUrl"),
@@ -300,7 +315,7 @@ class BakktClient:
         self, party_ref: str, transaction_ref: str
     ) -> BakktTransaction | None:
         """Bakkt's record of one transaction; None when Bakkt never accepted it."""
-        # shared/bakkt/DECISIONS.md A3.
+        # docs/bakkt-contract.md A3.
         ex = await self._exchange(
             "GET",
             self._party(party_ref, f"transactions/{quote(transaction_ref, safe='')}"),
@@ -309,7 +324,7 @@ class BakktClient:
         if ex.response.is_success:
             return self._parse(ex, lambda body: wire.transaction(wire.mapping(body, "transaction")))
         error = ex.rejection()
-        if error.bakkt_type == "TRANSACTION_NOT_FOUND":
+        if error.bakkt_type == wire.TRANSACTION_NOT_FOUND:
             return None
         raise error
 
@@ -322,20 +337,16 @@ class BakktClient:
         page_size: int = 100,
     ) -> AsyncIterator[BakktTransaction]:
         """Every transaction of the party, oldest update first, one page fetched at a time."""
-        # shared/bakkt/DECISIONS.md A4.
+        # docs/bakkt-contract.md A4.
         if not 1 <= page_size <= 500:
             raise ValueError("page_size must be within 1..500")
-        params = httpx.QueryParams({"pageSize": page_size})
-        if updated_since is not None:
-            if updated_since.tzinfo is None:
-                raise ValueError("updated_since must be timezone-aware")
-            stamp = updated_since.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            params = params.add("updatedSince", stamp)
-        for status in statuses or ():
-            params = params.add("status", str(status))
+        if updated_since is not None and updated_since.tzinfo is None:
+            raise ValueError("updated_since must be timezone-aware")
         page_token: str | None = None
         while True:
-            query = params if page_token is None else params.add("pageToken", page_token)
+            query = httpx.QueryParams(
+                tuple(wire.transactions_query(page_size, updated_since, statuses or (), page_token))
+            )
             ex = await self._exchange(
                 "GET", self._party(party_ref, "transactions"), _READ, params=query
             )
@@ -348,7 +359,7 @@ class BakktClient:
                 return
 
     async def wire_instructions(self, party_ref: str) -> WireInstructions:
-        """The party's inbound wire details. Never cache them (CONTRACT.md §2.9)."""
+        """The party's inbound wire details. Never cache them (docs/bakkt-contract.md §2.9)."""
         ex = await self._exchange("GET", self._party(party_ref, "wire-instructions"), _READ)
         return self._parse(ex, wire.wire_instructions)
 
@@ -359,7 +370,8 @@ class BakktClient:
     # --- transfer outcomes -------------------------------------------------------------------
 
     def _idempotent_replay(self, req: TransferRequest, ex: _Exchange) -> None:
-        """A 409: the key was used before. Its original response decides (DECISIONS.md A7)."""
+        """A 409: the key was used before. Its original response decides
+        (docs/bakkt-contract.md A7)."""
         error = wire.ApiError(ex.error_body())
         if error.original is None:
             raise BakktOutcomeUnknown(
@@ -396,7 +408,7 @@ class BakktClient:
         return f"{self._party_root}/{quote(party_ref, safe='')}/{tail}"
 
     async def _fetch_token(self) -> tuple[str, float | None]:
-        # shared/bakkt/DECISIONS.md A1: Basic client credentials, grant_type as a form field.
+        # docs/bakkt-contract.md A1: Basic client credentials, grant_type as a form field.
         ex = await self._exchange(
             "POST",
             f"{_PREFIX}/oauth2/token",
@@ -449,9 +461,25 @@ class BakktClient:
         # The token fetch (auth=False) runs inside a bearer call and is judged with it.
         if self.breaker is None or not auth:
             return await send(auth=auth)
+        if policy is not _HEARTBEAT and self.breaker.state is BreakerState.HALF_OPEN:
+            await self._probe()
         with self.breaker.guard():
             return await send(auth=auth)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _probe(self) -> None:
+        """After the cooldown the breaker lets one call through to learn whether Bakkt is back.
+        That call is a heartbeat, never the caller's own request: a transfer must not be the
+        experiment. Any answer closes the breaker and the request follows; no answer keeps it
+        open, and the request fails fast as it would have while open."""
+        assert self.breaker is not None  # noqa: S101 - only called with a breaker
+        try:
+            await self.heartbeat()
+        except (BakktUnavailable, BakktOutcomeUnknown):
+            raise CircuitOpen(self.breaker.retry_after()) from None
+        except BakktError:
+            # An answer, if not a PONG: Bakkt is reachable, which is all the probe asks.
+            pass
 
     async def _attempts(
         self,
@@ -588,7 +616,7 @@ class BakktClient:
 
     def _backoff(self, attempt: int) -> float:
         cfg = self._config
-        capped = min(cfg.backoff_cap, cfg.backoff_base * 2.0 ** (attempt - 1))
+        capped = backoff(attempt, base=cfg.backoff_base, cap=cfg.backoff_cap)
         return capped * (1.0 - cfg.backoff_jitter * self._rng.random())
 
 

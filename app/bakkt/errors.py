@@ -34,8 +34,8 @@ _NO_BANK = ErrorEntry(
     "no_linked_bank_account", 409, "No linked bank account. Link a bank account first.", False
 )
 
-# Bakkt `type` values: CONTRACT.md §5.2, plus TRANSACTION_NOT_FOUND and UNAUTHORIZED
-# (shared/bakkt/DECISIONS.md A1, A3, A8). Problems with our own partner set-up or credentials
+# Bakkt `type` values: docs/bakkt-contract.md §5.2, plus TRANSACTION_NOT_FOUND and UNAUTHORIZED
+# (A1, A3, A8 there). Problems with our own partner set-up or credentials
 # are the service's fault, not the consumer's, so they answer 502 rather than a 4xx.
 ERROR_TABLE: Mapping[str, ErrorEntry] = MappingProxyType(
     {
@@ -85,8 +85,8 @@ ERROR_TABLE: Mapping[str, ErrorEntry] = MappingProxyType(
     }
 )
 
-# INVALID_FIELD_VALUE is also how Bakkt says "below the minimum" (CONTRACT.md §5.2): only the
-# description tells them apart.
+# INVALID_FIELD_VALUE is also how Bakkt says "below the minimum" (docs/bakkt-contract.md §5.2):
+# only the description tells them apart.
 BELOW_MINIMUM = ErrorEntry("below_minimum", 422, "The amount is below the minimum.", False)
 UNKNOWN_REJECTION = ErrorEntry("bakkt_rejected", 422, "The request was not accepted.", False)
 

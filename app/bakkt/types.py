@@ -6,10 +6,12 @@ string (and logged where it is parsed) instead of failing the whole response or 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 _CENTS = Decimal("0.01")
 
@@ -68,7 +70,8 @@ class LinkStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class WireDestination:
-    """Where a wire withdrawal goes. Bakkt sends to exactly these details (CONTRACT.md §2.8)."""
+    """Where a wire withdrawal goes. Bakkt sends to exactly these details
+    (docs/bakkt-contract.md §2.8)."""
 
     routing_number: str
     account_number: str = field(repr=False)
@@ -141,7 +144,8 @@ class LinkUrl:
 
 @dataclass(frozen=True, slots=True)
 class WireInstructions:
-    """Bakkt's bank details for one party's inbound wire. Never cache them (CONTRACT.md §2.9)."""
+    """Bakkt's bank details for one party's inbound wire. Never cache them
+    (docs/bakkt-contract.md §2.9)."""
 
     # The party's own code; the sender must put it in the wire's beneficiary instructions.
     reference_number: str
@@ -152,3 +156,55 @@ class WireInstructions:
     bank_address: str
     beneficiary_name: str
     beneficiary_address: str
+
+
+# --- webhook events (docs/bakkt-contract.md A6) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FiatEvent:
+    # Bakkt's requestId: unique per event, stable across redeliveries.
+    event_id: str
+    party_ref: str
+    event_time: datetime
+    transaction: BakktTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class PartyEvent:
+    event_id: str
+    party_ref: str
+    event_time: datetime
+    status: PartyStatus | str
+    reason_code: str | None
+    verification_url: str | None
+    verification_url_expiry: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class BankLinkEvent:
+    event_id: str
+    party_ref: str
+    event_time: datetime
+    # The partnerTransactionRef of the link request this answers.
+    link_ref: str
+    status: LinkStatus | str
+    reason_code: str | None
+    bank_name: str | None
+    # Last 4 digits only.
+    account_mask: str | None
+    account_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """A webhook type we do not handle yet: kept whole so nothing is lost."""
+
+    event_id: str
+    party_ref: str | None
+    event_time: datetime | None
+    webhook_type: str
+    body: Mapping[str, Any]
+
+
+WebhookEvent = FiatEvent | PartyEvent | BankLinkEvent | UnknownEvent

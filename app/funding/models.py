@@ -30,6 +30,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 
 
+class LinkMethod(StrEnum):
+    PLAID = "PLAID"
+    HOSTED = "HOSTED"  # Bakkt's hosted bank-picker page (docs/bakkt-contract.md A2)
+
+
 class PartyStatus(StrEnum):
     ACTIVE = "ACTIVE"
     INACTIVE = "INACTIVE"

@@ -1,13 +1,19 @@
-"""Every SQL statement of the funding domain, and those on its tables that the webhook receiver
-and reconciliation both make."""
+"""Every SQL statement on parties, bank accounts and transactions, whoever makes it: the funding
+API, the webhook receiver, the recovery jobs and reconciliation all come here.
+
+One row lock per table, `FOR NO KEY UPDATE` (the `lock_*` functions; the claims add SKIP LOCKED):
+it excludes every other writer exactly like `FOR UPDATE`, but not the `KEY SHARE` lock a
+foreign-key check takes, so inserting a fee that points at a locked transfer, or a transaction of a
+locked party, does not wait for (or deadlock with) it.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import ColumnElement, func, select, tuple_, union, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,12 +28,31 @@ from app.funding.models import (
     TransactionOrigin,
     TransactionStatus,
 )
+from app.webhooks.models import WebhookEvent
 
 # Transactions that never moved money do not count against a limit.
 NOT_COUNTED = (TransactionStatus.FAILED, TransactionStatus.DECLINED, TransactionStatus.CANCELLED)
+# Not yet settled at Bakkt, and what reconciliation must look at whatever the party's status.
+OPEN = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN, TransactionStatus.PENDING)
+UNSETTLED = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN)
+# How far back the webhook events are searched for fees and adjustments whose transfer has come.
+ORPHAN_WINDOW = timedelta(days=7)
 
 
-async def lock_party(session: AsyncSession, party_ref: str) -> Party:
+# --- parties ----------------------------------------------------------------------------------
+
+
+async def lock_party(session: AsyncSession, party_ref: str) -> Party | None:
+    statement = (
+        select(Party)
+        .where(Party.party_ref == party_ref)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def lock_or_create_party(session: AsyncSession, party_ref: str) -> Party:
     """The party row, created on first use, locked until the caller's transaction ends.
 
     Every money request of a party takes this lock before it reads its limits' windows, so two
@@ -38,17 +63,62 @@ async def lock_party(session: AsyncSession, party_ref: str) -> Party:
         .values(party_ref=party_ref)
         .on_conflict_do_nothing(index_elements=["party_ref"])
     )
-    stmt = (
-        select(Party)
-        .where(Party.party_ref == party_ref)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    party = await lock_party(session, party_ref)
+    if party is None:  # pragma: no cover - parties are never deleted
+        raise RuntimeError(f"party {party_ref} vanished")
+    return party
+
+
+async def ensure_party(session: AsyncSession, party_ref: str, *, now: datetime) -> None:
+    """A party row for a party Bakkt tells us about first; an existing row is left alone."""
+    statement = (
+        insert(Party)
+        .values(party_ref=party_ref, status=PartyStatus.ACTIVE, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=[Party.party_ref])
     )
-    return (await session.scalars(stmt)).one()
+    await session.execute(statement)
+
+
+async def insert_party(
+    session: AsyncSession,
+    *,
+    party_ref: str,
+    status: str,
+    reason: str | None,
+    event_time: datetime,
+    now: datetime,
+) -> bool:
+    """A party first heard of in its own PARTY_EVENT; False when the row exists already."""
+    statement = (
+        insert(Party)
+        .values(
+            party_ref=party_ref,
+            status=status,
+            status_reason=reason,
+            status_event_time=event_time,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[Party.party_ref])
+        .returning(Party.party_ref)
+    )
+    return (await session.execute(statement)).scalar_one_or_none() is not None
 
 
 async def get_party(session: AsyncSession, party_ref: str) -> Party | None:
     return await session.get(Party, party_ref, populate_existing=True)
+
+
+async def reconcile_parties(session: AsyncSession) -> list[str]:
+    """Parties to list at Bakkt: every party not CLOSED, and any party with an open transaction
+    (whatever its status), in a stable order."""
+    not_closed = select(Party.party_ref.label("party_ref")).where(
+        Party.status != PartyStatus.CLOSED
+    )
+    with_open = select(Transaction.party_ref.label("party_ref")).where(Transaction.status.in_(OPEN))
+    both = union(not_closed, with_open).subquery()
+    statement = select(both.c.party_ref).order_by(both.c.party_ref)
+    return list((await session.scalars(statement)).all())
 
 
 async def get_limit(session: AsyncSession, party_ref: str, direction: str) -> PartyLimit | None:
@@ -67,12 +137,6 @@ async def sum_since(session: AsyncSession, party_ref: str, tx_type: str, since: 
     return int((await session.execute(stmt)).scalar_one())
 
 
-async def db_now(session: AsyncSession) -> datetime:
-    """The database's clock now (not the transaction's start, which `now()` would give)."""
-    now: datetime = (await session.execute(select(func.clock_timestamp()))).scalar_one()
-    return now
-
-
 # --- bank accounts ----------------------------------------------------------------------------
 
 
@@ -81,16 +145,36 @@ def add_bank_account(session: AsyncSession, account: BankAccount) -> None:
 
 
 async def get_bank_account(
-    session: AsyncSession, party_ref: str, account_id: uuid.UUID, *, lock: bool = False
+    session: AsyncSession, party_ref: str, account_id: uuid.UUID
 ) -> BankAccount | None:
     stmt = (
         select(BankAccount)
         .where(BankAccount.id == account_id, BankAccount.party_ref == party_ref)
         .execution_options(populate_existing=True)
     )
-    if lock:
-        stmt = stmt.with_for_update()
     return (await session.scalars(stmt)).one_or_none()
+
+
+async def lock_bank_account(
+    session: AsyncSession, party_ref: str, account_id: uuid.UUID
+) -> BankAccount | None:
+    stmt = (
+        select(BankAccount)
+        .where(BankAccount.id == account_id, BankAccount.party_ref == party_ref)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(stmt)).one_or_none()
+
+
+async def lock_bank_account_by_link_ref(session: AsyncSession, link_ref: str) -> BankAccount | None:
+    statement = (
+        select(BankAccount)
+        .where(BankAccount.link_ref == link_ref)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
 
 
 async def list_bank_accounts(session: AsyncSession, party_ref: str) -> Sequence[BankAccount]:
@@ -120,6 +204,71 @@ async def delete_bank_account(session: AsyncSession, account_id: uuid.UUID) -> N
         await session.delete(account)
 
 
+async def insert_bank_account(
+    session: AsyncSession,
+    *,
+    party_ref: str,
+    link_ref: str,
+    link_method: str,
+    status: str,
+    bank_name: str | None,
+    account_mask: str | None,
+    account_type: str | None,
+    reason_code: str | None,
+    event_time: datetime,
+    now: datetime,
+) -> bool:
+    """A bank account Bakkt linked without our asking; False when the row exists already."""
+    statement = (
+        insert(BankAccount)
+        .values(
+            id=uuid.uuid4(),
+            party_ref=party_ref,
+            link_ref=link_ref,
+            link_method=link_method,
+            status=status,
+            bank_name=bank_name,
+            account_mask=account_mask,
+            account_type=account_type,
+            reason_code=reason_code,
+            status_event_time=event_time,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[BankAccount.link_ref])
+        .returning(BankAccount.id)
+    )
+    return (await session.execute(statement)).scalar_one_or_none() is not None
+
+
+async def disable_bank_account(
+    session: AsyncSession, account_id: uuid.UUID, *, reason_code: str, now: datetime
+) -> bool:
+    """DISABLED is where an unusable account stays: the first return code that disabled it is
+    kept, so a later event cannot re-enable or re-label it."""
+    statement = (
+        update(BankAccount)
+        .where(BankAccount.id == account_id, BankAccount.status != BankAccountStatus.DISABLED)
+        .values(status=BankAccountStatus.DISABLED, reason_code=reason_code, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def flag_bank_account_for_review(
+    session: AsyncSession, account_id: uuid.UUID, *, now: datetime
+) -> bool:
+    statement = (
+        update(BankAccount)
+        .where(BankAccount.id == account_id, BankAccount.needs_review.is_(False))
+        .values(needs_review=True, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
 # --- transactions -----------------------------------------------------------------------------
 
 
@@ -138,15 +287,42 @@ async def get_transaction(
     return (await session.scalars(stmt)).one_or_none()
 
 
-async def lock_transaction(session: AsyncSession, transaction_id: uuid.UUID) -> Transaction:
-    """The row lock every status move is made under (the webhook receiver takes the same one)."""
-    stmt = (
+async def get_transaction_by_id(
+    session: AsyncSession, transaction_id: uuid.UUID
+) -> Transaction | None:
+    statement = (
         select(Transaction)
         .where(Transaction.id == transaction_id)
-        .with_for_update()
         .execution_options(populate_existing=True)
     )
-    return (await session.scalars(stmt)).one()
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def lock_transaction(session: AsyncSession, transaction_id: uuid.UUID) -> Transaction | None:
+    """The row lock every status move is made under, whoever makes it."""
+    statement = (
+        select(Transaction)
+        .where(Transaction.id == transaction_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def lock_transaction_by_ref(session: AsyncSession, bakkt_ref: str) -> Transaction | None:
+    """The same lock as `lock_transaction`, found by the ref Bakkt knows the transaction by."""
+    statement = (
+        select(Transaction)
+        .where(Transaction.bakkt_ref == bakkt_ref)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def transaction_id_by_ref(session: AsyncSession, bakkt_ref: str) -> uuid.UUID | None:
+    statement = select(Transaction.id).where(Transaction.bakkt_ref == bakkt_ref)
+    return (await session.execute(statement)).scalar_one_or_none()
 
 
 async def list_transactions(
@@ -183,37 +359,6 @@ async def history(session: AsyncSession, transaction_id: uuid.UUID) -> Sequence[
         .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
     )
     return (await session.scalars(stmt)).all()
-
-
-# --- on Bakkt's word (the webhook receiver and reconciliation) ---------------------------------
-# Their row locks are `FOR NO KEY UPDATE`: it excludes every other writer exactly like
-# `FOR UPDATE`, but not the `KEY SHARE` lock a foreign-key check takes, so inserting a fee that
-# points at a locked transfer does not wait for (or deadlock with) it.
-
-
-async def ensure_party(session: AsyncSession, party_ref: str, *, now: datetime) -> None:
-    """A party row for a party Bakkt tells us about first; an existing row is left alone."""
-    statement = (
-        insert(Party)
-        .values(party_ref=party_ref, status=PartyStatus.ACTIVE, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=[Party.party_ref])
-    )
-    await session.execute(statement)
-
-
-async def lock_transaction_by_ref(session: AsyncSession, bakkt_ref: str) -> Transaction | None:
-    statement = (
-        select(Transaction)
-        .where(Transaction.bakkt_ref == bakkt_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.scalars(statement)).one_or_none()
-
-
-async def transaction_id_by_ref(session: AsyncSession, bakkt_ref: str) -> uuid.UUID | None:
-    statement = select(Transaction.id).where(Transaction.bakkt_ref == bakkt_ref)
-    return (await session.execute(statement)).scalar_one_or_none()
 
 
 async def insert_bakkt_transaction(
@@ -260,29 +405,108 @@ async def insert_bakkt_transaction(
     return (await session.execute(statement)).scalar_one_or_none()
 
 
-async def disable_bank_account(
-    session: AsyncSession, account_id: uuid.UUID, *, reason_code: str, now: datetime
+async def link_relation(
+    session: AsyncSession, *, bakkt_ref: str, related_id: uuid.UUID, now: datetime
 ) -> bool:
-    """DISABLED is where an unusable account stays: the first return code that disabled it is
-    kept, so a later event cannot re-enable or re-label it."""
+    """Point a Bakkt-started row (a fee, an adjustment) at the transfer it concerns, once."""
     statement = (
-        update(BankAccount)
-        .where(BankAccount.id == account_id, BankAccount.status != BankAccountStatus.DISABLED)
-        .values(status=BankAccountStatus.DISABLED, reason_code=reason_code, updated_at=now)
+        update(Transaction)
+        .where(
+            Transaction.bakkt_ref == bakkt_ref,
+            Transaction.origin == TransactionOrigin.BAKKT,
+            Transaction.related_transaction_id.is_(None),
+            Transaction.id != related_id,
+        )
+        .values(related_transaction_id=related_id, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     result = await session.execute(statement)
     return bool(getattr(result, "rowcount", 0))
 
 
-async def flag_bank_account_for_review(
-    session: AsyncSession, account_id: uuid.UUID, *, now: datetime
-) -> bool:
+async def link_orphan_relations(
+    session: AsyncSession, *, related_ref: str | None = None, now: datetime
+) -> int:
+    """Point Bakkt-started rows (fees, adjustments) at the transfer their webhook named, once that
+    transfer is known. `related_ref` narrows it to one transfer; None sweeps the events of the
+    last ORPHAN_WINDOW (bounded work on every run; older gaps are reconciliation's)."""
+    related = Transaction.__table__.alias("related")
+    conditions = [
+        WebhookEvent.transaction_ref == Transaction.bakkt_ref,
+        WebhookEvent.related_ref == related.c.bakkt_ref,
+        Transaction.related_transaction_id.is_(None),
+        Transaction.origin == TransactionOrigin.BAKKT,
+        related.c.id != Transaction.id,
+    ]
+    if related_ref is not None:
+        conditions.append(WebhookEvent.related_ref == related_ref)
+    else:
+        conditions.append(WebhookEvent.related_ref.is_not(None))
+        conditions.append(WebhookEvent.received_at >= func.now() - ORPHAN_WINDOW)
     statement = (
-        update(BankAccount)
-        .where(BankAccount.id == account_id, BankAccount.needs_review.is_(False))
-        .values(needs_review=True, updated_at=now)
+        update(Transaction)
+        .where(*conditions)
+        .values(related_transaction_id=related.c.id, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- recovery's claims ------------------------------------------------------------------------
+
+
+async def _claim(
+    session: AsyncSession,
+    due: ColumnElement[bool],
+    *,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+) -> Sequence[Transaction]:
+    """Lock up to `limit` due rows nobody else holds and push their next check past the lease,
+    in the caller's (short) transaction: once it commits, other workers skip them until then."""
+    ids = (
+        select(Transaction.id)
+        .where(
+            due,
+            Transaction.held_for_review.is_(False),
+            Transaction.next_check_at.is_(None) | (Transaction.next_check_at <= now),
+        )
+        .order_by(Transaction.next_check_at.asc().nulls_first(), Transaction.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, key_share=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Transaction)
+        .where(Transaction.id.in_(ids))
+        .values(next_check_at=lease_until)
+        .returning(Transaction)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    return (await session.scalars(statement)).all()
+
+
+async def claim_unsettled(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    submitting_before: datetime,
+    lease_until: datetime,
+    limit: int,
+) -> Sequence[Transaction]:
+    """UNKNOWN transactions that are due, and SUBMITTING ones older than the grace period (their
+    request died between writing the intent and hearing Bakkt)."""
+    due = (Transaction.status == TransactionStatus.UNKNOWN) | (
+        (Transaction.status == TransactionStatus.SUBMITTING)
+        & (Transaction.created_at <= submitting_before)
+    )
+    return await _claim(session, due, now=now, lease_until=lease_until, limit=limit)
+
+
+async def claim_pending(
+    session: AsyncSession, *, now: datetime, lease_until: datetime, limit: int
+) -> Sequence[Transaction]:
+    due = Transaction.status == TransactionStatus.PENDING
+    return await _claim(session, due, now=now, lease_until=lease_until, limit=limit)

@@ -14,31 +14,31 @@ from app.auth.tokens import AuthenticationRequired, AuthKeysUnavailable, Invalid
 from app.db import get_session
 from app.errors import PROBLEM_JSON, AppError, NotFound, PayloadTooLarge, Unprocessable
 from app.errors import problem_responses as _problem_responses
-from app.funding import schemas as s
-from app.funding.models import TransactionMethod
-from app.funding.service import (
+from app.funding import schemas
+from app.funding.errors import (
     BAKKT_REJECTIONS,
-    BakktUnavailableError,
+    BakktUnavailableProblem,
     BankAccountDisabled,
     BankAccountLinkPending,
     BankAccountNotFound,
     BankAccountNotLinked,
     BankAccountUnderReview,
-    Direction,
-    FundingService,
     InvalidCursor,
     LimitExceeded,
     NoLinkedBankAccount,
-    Outcome,
     PartyNotActive,
     PartySuspended,
     TransactionNotFound,
-    TransferIntent,
     UnknownBankAccount,
 )
+from app.funding.models import TransactionMethod
+from app.funding.service import (
+    Direction,
+    FundingService,
+    TransferIntent,
+)
+from app.idempotency.http import HEADER, REPLAYED_HEADER, render
 from app.idempotency.service import (
-    HEADER,
-    REPLAYED_HEADER,
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
@@ -86,14 +86,6 @@ def _idempotent(request: Request, party_ref: str, key: str, body: Any) -> Idempo
         method=request.method,
         path=path,
         fingerprint=fingerprint(request.method, path, body),
-    )
-
-
-def _render(outcome: Outcome) -> JSONResponse:
-    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else {}
-    media_type = PROBLEM_JSON if outcome.status >= 400 else "application/json"
-    return JSONResponse(
-        outcome.body, status_code=outcome.status, headers=headers, media_type=media_type
     )
 
 
@@ -191,7 +183,7 @@ _ACH_ERRORS = (
 @router.post(
     "/link-sessions",
     status_code=201,
-    response_model=s.LinkSession,
+    response_model=schemas.LinkSession,
     summary="Start linking a bank account on Bakkt's hosted page",
     description="Asks Bakkt for a link URL (valid until `expiresAt`) and records a PENDING bank "
     "account that Bakkt's link webhook later completes.",
@@ -201,7 +193,7 @@ _ACH_ERRORS = (
         *_BODY_ERRORS,
         *_GATE_ERRORS,
         *_ALL_BAKKT_REJECTIONS,
-        BakktUnavailableError,
+        BakktUnavailableProblem,
         success=201,
         description="The link URL",
         idempotent=True,
@@ -212,17 +204,17 @@ async def create_link_session(
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
     service: Service,
-    body: Annotated[s.LinkSessionRequest | None, Body()] = None,
+    body: Annotated[schemas.LinkSessionRequest | None, Body()] = None,
 ) -> JSONResponse:
-    payload = body or s.LinkSessionRequest()
+    payload = body or schemas.LinkSessionRequest()
     idem = _idempotent(request, party_ref, key, payload)
-    return _render(await service.create_link_session(party_ref, payload, idem))
+    return render(await service.create_link_session(party_ref, payload, idem))
 
 
 @router.post(
     "/bank-accounts",
     status_code=202,
-    response_model=s.BankAccountOut,
+    response_model=schemas.BankAccountOut,
     summary="Link a bank account with a Plaid processor token",
     description="The account is PENDING until Bakkt's link webhook says LINKED (with its bank "
     "name and mask) or FAILED. The processor token is passed to Bakkt once and never stored.",
@@ -232,7 +224,7 @@ async def create_link_session(
         *_BODY_ERRORS,
         *_GATE_ERRORS,
         *_ALL_BAKKT_REJECTIONS,
-        BakktUnavailableError,
+        BakktUnavailableProblem,
         success=202,
         description="The bank account, PENDING",
         idempotent=True,
@@ -243,26 +235,26 @@ async def link_bank_account(
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
     service: Service,
-    body: s.PlaidLinkRequest,
+    body: schemas.PlaidLinkRequest,
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, body)
-    return _render(await service.link_plaid(party_ref, body, idem))
+    return render(await service.link_plaid(party_ref, body, idem))
 
 
 @router.get(
     "/bank-accounts",
-    response_model=s.BankAccountList,
+    response_model=schemas.BankAccountList,
     summary="The party's bank accounts and their link status, newest first",
     responses=_responses(success=200, description="The bank accounts"),
 )
-async def list_bank_accounts(party_ref: PartyRef, service: Service) -> s.BankAccountList:
+async def list_bank_accounts(party_ref: PartyRef, service: Service) -> schemas.BankAccountList:
     return await service.list_bank_accounts(party_ref)
 
 
 @router.delete(
     "/bank-accounts/{bankAccountId}",
     status_code=200,
-    response_model=s.BankAccountOut,
+    response_model=schemas.BankAccountOut,
     summary="Unlink a bank account at Bakkt",
     openapi_extra=IDEMPOTENT,
     responses=_responses(
@@ -270,7 +262,7 @@ async def list_bank_accounts(party_ref: PartyRef, service: Service) -> s.BankAcc
         BankAccountNotFound,
         BankAccountLinkPending,
         *_ALL_BAKKT_REJECTIONS,
-        BakktUnavailableError,
+        BakktUnavailableProblem,
         success=200,
         description="The bank account, UNLINKED",
         idempotent=True,
@@ -284,7 +276,7 @@ async def unlink_bank_account(
     bank_account_id: Annotated[uuid.UUID, Path(alias="bankAccountId")],
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, None)
-    return _render(await service.unlink(party_ref, bank_account_id, idem))
+    return render(await service.unlink(party_ref, bank_account_id, idem))
 
 
 _TRANSFER_RESPONSES = (
@@ -305,7 +297,7 @@ _TRANSFER_ACCEPTED = (
 @router.post(
     "/deposits",
     status_code=202,
-    response_model=s.TransactionOut,
+    response_model=schemas.TransactionOut,
     summary="Deposit by ACH from the linked bank account",
     openapi_extra=IDEMPOTENT,
     responses=_responses(
@@ -317,7 +309,7 @@ async def deposit(
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
     service: Service,
-    body: s.DepositRequest,
+    body: schemas.DepositRequest,
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, body)
     intent = TransferIntent(
@@ -326,13 +318,13 @@ async def deposit(
         amount=body.amount,
         bank_account_id=body.bank_account_id,
     )
-    return _render(await service.transfer(party_ref, intent, idem))
+    return render(await service.transfer(party_ref, intent, idem))
 
 
 @router.post(
     "/withdrawals",
     status_code=202,
-    response_model=s.TransactionOut,
+    response_model=schemas.TransactionOut,
     summary="Withdraw by ACH to the linked bank account, or by wire to the given destination",
     description="A wire's destination is sent to Bakkt once; only the bank name and the last 4 "
     "digits of the account number are kept.",
@@ -346,10 +338,10 @@ async def withdraw(
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
     service: Service,
-    body: Annotated[s.WithdrawalRequest, Body()],
+    body: Annotated[schemas.WithdrawalRequest, Body()],
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, body)
-    if isinstance(body, s.WireWithdrawalRequest):
+    if isinstance(body, schemas.WireWithdrawalRequest):
         intent = TransferIntent(
             direction=Direction.WITHDRAWAL,
             method=TransactionMethod.WIRE,
@@ -363,26 +355,26 @@ async def withdraw(
             amount=body.amount,
             bank_account_id=body.bank_account_id,
         )
-    return _render(await service.transfer(party_ref, intent, idem))
+    return render(await service.transfer(party_ref, intent, idem))
 
 
 @router.get(
     "/transactions",
-    response_model=s.TransactionPage,
+    response_model=schemas.TransactionPage,
     summary="The party's transactions, newest first",
     description="Keyset pagination: pass `nextCursor` back as `cursor`. Filters combine; "
     "`status` and `type` may repeat; `createdFrom` is inclusive, `createdTo` exclusive.",
     responses=_responses(InvalidCursor, success=200, description="One page"),
 )
 async def list_transactions(
-    party_ref: PartyRef, service: Service, query: Annotated[s.TransactionQuery, Query()]
-) -> s.TransactionPage:
+    party_ref: PartyRef, service: Service, query: Annotated[schemas.TransactionQuery, Query()]
+) -> schemas.TransactionPage:
     return await service.list_transactions(party_ref, query)
 
 
 @router.get(
     "/transactions/{transactionId}",
-    response_model=s.TransactionDetail,
+    response_model=schemas.TransactionDetail,
     summary="One transaction with its full status history",
     responses=_responses(TransactionNotFound, success=200, description="The transaction"),
 )
@@ -390,23 +382,23 @@ async def get_transaction(
     party_ref: PartyRef,
     service: Service,
     transaction_id: Annotated[uuid.UUID, Path(alias="transactionId")],
-) -> s.TransactionDetail:
+) -> schemas.TransactionDetail:
     return await service.get_transaction(party_ref, transaction_id)
 
 
 @router.get(
     "/balance",
-    response_model=s.BalanceOut,
+    response_model=schemas.BalanceOut,
     summary="Settled and unsettled balance, live from Bakkt",
     responses=_responses(
         *_ALL_BAKKT_REJECTIONS,
-        BakktUnavailableError,
+        BakktUnavailableProblem,
         success=200,
         description="The balance",
         success_headers=("Cache-Control",),
     ),
 )
-async def balance(party_ref: PartyRef, service: Service, response: Response) -> s.BalanceOut:
+async def balance(party_ref: PartyRef, service: Service, response: Response) -> schemas.BalanceOut:
     result = await service.balance(party_ref)
     response.headers["Cache-Control"] = "no-store"
     return result
@@ -414,7 +406,7 @@ async def balance(party_ref: PartyRef, service: Service, response: Response) -> 
 
 @router.get(
     "/wire-instructions",
-    response_model=s.WireInstructionsOut,
+    response_model=schemas.WireInstructionsOut,
     summary="Where to send a wire deposit, live from Bakkt (never cache it)",
     description="Bakkt's bank details can change: fetch them every time the consumer opens "
     "the wire screen. The consumer must put `referenceNumber` in the wire's beneficiary "
@@ -422,7 +414,7 @@ async def balance(party_ref: PartyRef, service: Service, response: Response) -> 
     responses=_responses(
         *_GATE_ERRORS,
         *_ALL_BAKKT_REJECTIONS,
-        BakktUnavailableError,
+        BakktUnavailableProblem,
         success=200,
         description="The wire instructions",
         success_headers=("Cache-Control",),
@@ -430,7 +422,7 @@ async def balance(party_ref: PartyRef, service: Service, response: Response) -> 
 )
 async def wire_instructions(
     party_ref: PartyRef, service: Service, response: Response
-) -> s.WireInstructionsOut:
+) -> schemas.WireInstructionsOut:
     result = await service.wire_instructions(party_ref)
     response.headers["Cache-Control"] = "no-store"
     return result

@@ -19,7 +19,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, cast
@@ -27,37 +27,46 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bakkt import (
-    ERROR_TABLE,
-    BakktAuthFailed,
     BakktClient,
     BakktError,
     BakktOutcomeUnknown,
     BakktRateLimited,
     BakktRejected,
-    ErrorEntry,
     Instrument,
-    TransferDirection,
-    TransferMethod,
-    TransferRequest,
 )
 from app.bakkt import WireDestination as BakktWireDestination
-from app.bakkt.errors import BELOW_MINIMUM, UNKNOWN_REJECTION
 from app.config import Settings
+from app.core.clock import db_now, utcnow
+from app.core.money import format_dollars, to_cents
 from app.errors import (
     AppError,
-    Conflict,
-    Forbidden,
-    NotFound,
-    ServiceUnavailable,
-    Unprocessable,
     problem_body,
 )
 from app.funding import repository as repo
-from app.funding import schemas as s
+from app.funding import schemas
+from app.funding.errors import (
+    BAKKT_REJECTIONS,
+    BakktUnavailableProblem,
+    BankAccountDisabled,
+    BankAccountLinkPending,
+    BankAccountNotFound,
+    BankAccountNotLinked,
+    BankAccountUnderReview,
+    InvalidCursor,
+    LimitExceeded,
+    NoLinkedBankAccount,
+    PartyNotActive,
+    PartySuspended,
+    TransactionNotFound,
+    UnknownBankAccount,
+    rejection_error,
+    unavailable_error,
+)
 from app.funding.models import (
     BankAccount,
     BankAccountStatus,
     HistorySource,
+    LinkMethod,
     Party,
     PartyStatus,
     Transaction,
@@ -67,8 +76,10 @@ from app.funding.models import (
     TransactionType,
 )
 from app.funding.state import record_creation, transition
+from app.funding.transfer import transfer_request
 from app.idempotency import service as idempotency
-from app.idempotency.service import Claim, IdempotentRequest, Replay
+from app.idempotency.http import IdempotentResponse
+from app.idempotency.service import IdempotentRequest, KeyClaim, Replay
 
 log = logging.getLogger("app.funding")
 
@@ -82,12 +93,6 @@ _LINK_NAMESPACE = uuid.UUID("2f6b7c8d-9e0a-5b1c-8d2e-3f4a5b6c7d8e")
 # When recovery (issue 7) should first look at a transaction in each open state.
 CHECK_PENDING_AFTER = timedelta(seconds=60)
 CHECK_UNKNOWN_AFTER = timedelta(seconds=10)
-CENTS = Decimal(100)
-
-
-class LinkMethod(StrEnum):
-    PLAID = "PLAID"
-    HOSTED = "HOSTED"  # Bakkt's hosted bank-picker page (DECISIONS.md A2)
 
 
 class Direction(StrEnum):
@@ -95,117 +100,7 @@ class Direction(StrEnum):
     WITHDRAWAL = "WITHDRAWAL"
 
 
-# --- errors -------------------------------------------------------------------------------------
-
-
-class PartyNotActive(Forbidden):
-    code = "party_not_active"
-    title = "The account may not make this request in its current status"
-
-
-class PartySuspended(Forbidden):
-    code = "party_suspended"
-    title = "The account is suspended"
-
-
-class LimitExceeded(Unprocessable):
-    code = "limit_exceeded"
-    title = "The amount exceeds a limit of the account"
-
-
-class UnknownBankAccount(Unprocessable):
-    code = "unknown_bank_account"
-    title = "The bank account named in the request does not exist"
-
-
-class NoLinkedBankAccount(Conflict):
-    code = "no_linked_bank_account"
-    title = "No linked bank account; link one first"
-
-
-class BankAccountNotLinked(Conflict):
-    code = "bank_account_not_linked"
-    title = "The bank account is not linked"
-
-
-class BankAccountDisabled(Conflict):
-    code = "bank_account_disabled"
-    title = "The bank account was disabled after an ACH return; link another one"
-
-
-class BankAccountUnderReview(Conflict):
-    code = "bank_account_under_review"
-    title = "The bank account is under review after a disputed debit"
-
-
-class BankAccountLinkPending(Conflict):
-    code = "bank_account_link_pending"
-    title = "The bank account's link has not finished yet"
-
-
-class BankAccountNotFound(NotFound):
-    code = "bank_account_not_found"
-    title = "No such bank account"
-
-
-class TransactionNotFound(NotFound):
-    code = "transaction_not_found"
-    title = "No such transaction"
-
-
-class InvalidCursor(AppError):
-    status_code = 400
-    code = "invalid_cursor"
-    title = "The cursor is not valid"
-
-
-class BakktUnavailableError(ServiceUnavailable):
-    code = "bakkt_unavailable"
-    title = "The funding provider cannot be reached right now; retry shortly"
-
-
-class BakktRejection(AppError):
-    """Base of the errors Bakkt's rejections become (one class per code of the error table)."""
-
-
-def _rejection_class(entry: ErrorEntry) -> type[AppError]:
-    name = "Bakkt" + "".join(part.title() for part in entry.code.split("_"))
-    attrs = {"status_code": entry.http_status, "code": entry.code, "title": entry.message}
-    return cast(type[AppError], type(name, (BakktRejection,), attrs))
-
-
-BAKKT_REJECTIONS: dict[str, type[AppError]] = {
-    entry.code: _rejection_class(entry)
-    for entry in (*ERROR_TABLE.values(), BELOW_MINIMUM, UNKNOWN_REJECTION)
-}
-
-
-def rejection_error(exc: BakktRejected, **extra: Any) -> AppError:
-    return BAKKT_REJECTIONS[exc.code](exc.consumer_message, extra=extra)
-
-
-def unavailable_error(exc: BakktError) -> AppError:
-    """What a consumer gets when Bakkt did not answer a read or a link: retry later."""
-    if isinstance(exc, BakktRejected):
-        return rejection_error(exc)
-    if isinstance(exc, BakktAuthFailed):
-        return BAKKT_REJECTIONS["bakkt_auth_failed"](ERROR_TABLE["UNAUTHORIZED"].message)
-    retry_after = 2
-    if isinstance(exc, BakktRateLimited) and exc.retry_after is not None:
-        retry_after = max(1, round(exc.retry_after))
-    return BakktUnavailableError(headers={"Retry-After": str(retry_after)})
-
-
 # --- results ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A response of an idempotent request: new, or the stored one again (`replayed`)."""
-
-    status: int
-    body: Any
-    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +109,7 @@ class TransferIntent:
     method: TransactionMethod
     amount: Decimal
     bank_account_id: uuid.UUID | None = None
-    wire: s.WireDestination | None = None
+    wire: schemas.WireDestination | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,21 +134,13 @@ class _Unsettled:
 _SubmitResult = _Accepted | _Rejected | _Unsettled
 
 
-def to_cents(amount: Decimal) -> int:
-    return int(amount * CENTS)
-
-
-def money(cents: int) -> str:
-    return f"{Decimal(cents) / CENTS:.2f}"
-
-
-def transaction_out(txn: Transaction) -> s.TransactionOut:
-    return s.TransactionOut(
+def transaction_out(txn: Transaction) -> schemas.TransactionOut:
+    return schemas.TransactionOut(
         id=txn.id,
         type=TransactionType(txn.type),
         method=TransactionMethod(txn.method) if txn.method else None,
         status=TransactionStatus(txn.status),
-        amount=money(txn.amount_cents),
+        amount=format_dollars(txn.amount_cents),
         currency=txn.currency,
         reason_code=txn.reason_code,
         created_at=txn.created_at,
@@ -261,8 +148,8 @@ def transaction_out(txn: Transaction) -> s.TransactionOut:
     )
 
 
-def bank_account_out(account: BankAccount) -> s.BankAccountOut:
-    return s.BankAccountOut(
+def bank_account_out(account: BankAccount) -> schemas.BankAccountOut:
+    return schemas.BankAccountOut(
         id=account.id,
         status=BankAccountStatus(account.status),
         link_method=account.link_method,
@@ -301,13 +188,13 @@ class FundingService:
         self.lease = idempotency.lease_for(settings)
         self.key_ttl = timedelta(days=settings.idempotency_ttl_days)
 
-    async def _claim(self, idem: IdempotentRequest) -> Claim | Replay:
+    async def _claim(self, idem: IdempotentRequest) -> KeyClaim | Replay:
         return await idempotency.claim(self.session, idem, lease=self.lease, ttl=self.key_ttl)
 
-    async def _finish(self, claim: Claim, status: int, body: Any) -> Outcome:
+    async def _finish(self, claim: KeyClaim, status: int, body: Any) -> IdempotentResponse:
         stored_status, stored_body = await idempotency.finish(self.session, claim, status, body)
         await self.session.commit()
-        return Outcome(stored_status, stored_body)
+        return IdempotentResponse(stored_status, stored_body)
 
     # --- party rules ----------------------------------------------------------------------------
 
@@ -353,9 +240,13 @@ class FundingService:
     @staticmethod
     def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
         return LimitExceeded(
-            f"The amount exceeds the {name} limit of {money(limit)} USD "
-            f"({money(available)} USD available now).",
-            extra={"limit": name, "limitAmount": money(limit), "available": money(available)},
+            f"The amount exceeds the {name} limit of {format_dollars(limit)} USD "
+            f"({format_dollars(available)} USD available now).",
+            extra={
+                "limit": name,
+                "limitAmount": format_dollars(limit),
+                "available": format_dollars(available),
+            },
         )
 
     async def _usable_bank_account(
@@ -396,19 +287,19 @@ class FundingService:
 
     async def transfer(
         self, party_ref: str, intent: TransferIntent, idem: IdempotentRequest
-    ) -> Outcome:
+    ) -> IdempotentResponse:
         claimed = await self._claim(idem)
         if isinstance(claimed, Replay):
-            return Outcome(claimed.status, claimed.body, replayed=True)
+            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
         if claimed.transaction_id is None:
             breaker = self.bakkt.breaker
             if breaker is not None and breaker.is_open():
                 # Bakkt is down: answer at once and write nothing (docs/recovery.md), instead of
                 # piling up intents whose calls would only fail; the key stays usable.
                 await idempotency.release_quietly(self.session, claimed)
-                raise BakktUnavailableError(
+                raise BakktUnavailableProblem(
                     "Bakkt cannot be reached right now; retry with the same Idempotency-Key.",
-                    headers={"Retry-After": str(max(1, math.ceil(breaker.retry_after())))},
+                    retry_after=max(1, math.ceil(breaker.retry_after())),
                 )
             try:
                 txn = await self._write_intent(party_ref, intent, claimed)
@@ -434,10 +325,10 @@ class FundingService:
             raise
 
     async def _write_intent(
-        self, party_ref: str, intent: TransferIntent, claimed: Claim
+        self, party_ref: str, intent: TransferIntent, claimed: KeyClaim
     ) -> Transaction:
         session = self.session
-        party = await repo.lock_party(session, party_ref)
+        party = await repo.lock_or_create_party(session, party_ref)
         self._gate(party, intent.direction)
         account = None
         if intent.method is TransactionMethod.ACH:
@@ -445,7 +336,7 @@ class FundingService:
                 party_ref, intent.bank_account_id, intent.direction
             )
         amount_cents = to_cents(intent.amount)
-        now = await repo.db_now(session)
+        now = await db_now(session)
         await self._check_limits(party_ref, intent.direction, amount_cents, now)
         txn_id = uuid.uuid4()
         wire = intent.wire
@@ -477,16 +368,16 @@ class FundingService:
         await session.commit()
         return txn
 
-    async def _submit(self, txn: Transaction, wire: s.WireDestination | None) -> _SubmitResult:
-        request = TransferRequest(
+    async def _submit(
+        self, txn: Transaction, wire: schemas.WireDestination | None
+    ) -> _SubmitResult:
+        request = transfer_request(
             party_ref=txn.party_ref,
-            transaction_ref=txn.bakkt_ref,
+            bakkt_ref=txn.bakkt_ref,
             idempotency_key=cast(str, txn.bakkt_idempotency_key),
-            direction=TransferDirection.DEPOSIT
-            if txn.type == TransactionType.DEPOSIT
-            else TransferDirection.WITHDRAW,
-            method=TransferMethod(cast(str, txn.method)),
-            amount=Decimal(txn.amount_cents) / CENTS,
+            type_=txn.type,
+            method=cast(str, txn.method),
+            amount_cents=txn.amount_cents,
             currency=txn.currency,
             wire=None
             if wire is None
@@ -513,14 +404,16 @@ class FundingService:
 
     async def _record_outcome(
         self,
-        claimed: Claim,
+        claimed: KeyClaim,
         txn_id: uuid.UUID,
         result: _SubmitResult | None,
         instance: str,
-    ) -> Outcome:
+    ) -> IdempotentResponse:
         session = self.session
         txn = await repo.lock_transaction(session, txn_id)
-        now = datetime.now(UTC)
+        if txn is None:  # pragma: no cover - transactions are never deleted
+            raise RuntimeError(f"transaction {txn_id} vanished")
+        now = utcnow()
         if result is not None and claimed.resumed:
             txn.submit_attempts += 1
         if isinstance(result, _Accepted):
@@ -566,22 +459,24 @@ class FundingService:
                     # key works again once an operator has fixed it.
                     await idempotency.forget(session, claimed)
                     await session.commit()
-                    return Outcome(exc.http_status, body)
+                    return IdempotentResponse(exc.http_status, body)
                 return await self._finish(claimed, exc.http_status, body)
         log.info("transfer %s is %s", txn.id, txn.status)
-        return await self._finish(claimed, 202, s.dump(transaction_out(txn)))
+        return await self._finish(claimed, 202, schemas.dump(transaction_out(txn)))
 
     # --- bank accounts --------------------------------------------------------------------------
 
-    def _link_account_id(self, claimed: Claim) -> uuid.UUID:
+    def _link_account_id(self, claimed: KeyClaim) -> uuid.UUID:
         return uuid.uuid5(_LINK_NAMESPACE, f"{claimed.key_id}:{claimed.created_at.isoformat()}")
 
-    async def _write_link(self, party_ref: str, claimed: Claim, method: LinkMethod) -> BankAccount:
+    async def _write_link(
+        self, party_ref: str, claimed: KeyClaim, method: LinkMethod
+    ) -> BankAccount:
         session = self.session
-        party = await repo.lock_party(session, party_ref)
+        party = await repo.lock_or_create_party(session, party_ref)
         self._gate(party, Direction.DEPOSIT)
         account_id = self._link_account_id(claimed)
-        now = await repo.db_now(session)
+        now = await db_now(session)
         account = BankAccount(
             id=account_id,
             party_ref=party_ref,
@@ -598,7 +493,7 @@ class FundingService:
         return account
 
     async def _resume_or_write_link(
-        self, party_ref: str, claimed: Claim, method: LinkMethod
+        self, party_ref: str, claimed: KeyClaim, method: LinkMethod
     ) -> tuple[BankAccount, bool]:
         """The link row (written now, or by an earlier holder of the key) and whether it is new."""
         if claimed.intent_written:
@@ -614,7 +509,7 @@ class FundingService:
             await idempotency.release_quietly(self.session, claimed)
             raise
 
-    async def _abandon_link(self, claimed: Claim, account_id: uuid.UUID) -> None:
+    async def _abandon_link(self, claimed: KeyClaim, account_id: uuid.UUID) -> None:
         """Bakkt certainly did nothing: drop the row and the claim, so a retry starts afresh."""
         await self.session.rollback()
         await repo.delete_bank_account(self.session, account_id)
@@ -622,11 +517,11 @@ class FundingService:
         await self.session.commit()
 
     async def create_link_session(
-        self, party_ref: str, body: s.LinkSessionRequest, idem: IdempotentRequest
-    ) -> Outcome:
+        self, party_ref: str, body: schemas.LinkSessionRequest, idem: IdempotentRequest
+    ) -> IdempotentResponse:
         claimed = await self._claim(idem)
         if isinstance(claimed, Replay):
-            return Outcome(claimed.status, claimed.body, replayed=True)
+            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
         account, _ = await self._resume_or_write_link(party_ref, claimed, LinkMethod.HOSTED)
         redirect = str(body.redirect_uri) if body.redirect_uri else None
         try:
@@ -636,22 +531,22 @@ class FundingService:
         except BakktError as exc:
             await self._abandon_link(claimed, account.id)
             raise unavailable_error(exc) from None
-        session_out = s.LinkSession(
+        session_out = schemas.LinkSession(
             bank_account_id=account.id, link_url=link.url, expires_at=link.expires_at
         )
-        return await self._finish(claimed, 201, s.dump(session_out))
+        return await self._finish(claimed, 201, schemas.dump(session_out))
 
     async def link_plaid(
-        self, party_ref: str, body: s.PlaidLinkRequest, idem: IdempotentRequest
-    ) -> Outcome:
+        self, party_ref: str, body: schemas.PlaidLinkRequest, idem: IdempotentRequest
+    ) -> IdempotentResponse:
         claimed = await self._claim(idem)
         if isinstance(claimed, Replay):
-            return Outcome(claimed.status, claimed.body, replayed=True)
+            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
         account, new = await self._resume_or_write_link(party_ref, claimed, LinkMethod.PLAID)
         if not new:
             # The earlier holder may have sent the link already, and a link carries no
             # idempotency key at Bakkt: never send it twice. Its webhook settles the row.
-            return await self._finish(claimed, 202, s.dump(bank_account_out(account)))
+            return await self._finish(claimed, 202, schemas.dump(bank_account_out(account)))
         try:
             await self.bakkt.link_plaid(
                 party_ref, account.link_ref, body.processor_token.get_secret_value()
@@ -661,11 +556,11 @@ class FundingService:
                 # Our set-up is at fault, not the token: keep nothing, so a retry can work.
                 await self._abandon_link(claimed, account.id)
                 raise rejection_error(exc) from None
-            locked = await repo.get_bank_account(self.session, party_ref, account.id, lock=True)
+            locked = await repo.lock_bank_account(self.session, party_ref, account.id)
             if locked is not None and locked.status == BankAccountStatus.PENDING:
                 locked.status = BankAccountStatus.FAILED
                 locked.reason_code = exc.code
-                locked.updated_at = datetime.now(UTC)
+                locked.updated_at = utcnow()
             problem = problem_body(
                 status=exc.http_status,
                 code=exc.code,
@@ -684,18 +579,18 @@ class FundingService:
         # Bakkt's 200 only says it took the token: whether the bank links (and its name and
         # mask) comes in the BANK_ACCOUNT_LINK webhook, so the account stays PENDING till then.
         fresh = await repo.get_bank_account(self.session, party_ref, account.id)
-        return await self._finish(claimed, 202, s.dump(bank_account_out(fresh or account)))
+        return await self._finish(claimed, 202, schemas.dump(bank_account_out(fresh or account)))
 
-    async def list_bank_accounts(self, party_ref: str) -> s.BankAccountList:
+    async def list_bank_accounts(self, party_ref: str) -> schemas.BankAccountList:
         rows = await repo.list_bank_accounts(self.session, party_ref)
-        return s.BankAccountList(items=[bank_account_out(a) for a in rows])
+        return schemas.BankAccountList(items=[bank_account_out(a) for a in rows])
 
     async def unlink(
         self, party_ref: str, account_id: uuid.UUID, idem: IdempotentRequest
-    ) -> Outcome:
+    ) -> IdempotentResponse:
         claimed = await self._claim(idem)
         if isinstance(claimed, Replay):
-            return Outcome(claimed.status, claimed.body, replayed=True)
+            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
         try:
             account = await repo.get_bank_account(self.session, party_ref, account_id)
             if account is None:
@@ -708,7 +603,7 @@ class FundingService:
             await idempotency.release(self.session, claimed)
             raise
         if account.status in (BankAccountStatus.FAILED, BankAccountStatus.UNLINKED):
-            return await self._finish(claimed, 200, s.dump(bank_account_out(account)))
+            return await self._finish(claimed, 200, schemas.dump(bank_account_out(account)))
         await self.session.commit()
         try:
             await self.bakkt.unlink(party_ref, account.link_ref, Instrument.ACH)
@@ -721,15 +616,17 @@ class FundingService:
             # Unlinking is naturally idempotent: the consumer may simply retry.
             await idempotency.release(self.session, claimed)
             raise unavailable_error(exc) from None
-        locked = await repo.get_bank_account(self.session, party_ref, account_id, lock=True)
+        locked = await repo.lock_bank_account(self.session, party_ref, account_id)
         assert locked is not None  # noqa: S101 - bank accounts are never deleted once linked
         locked.status = BankAccountStatus.UNLINKED
-        locked.updated_at = datetime.now(UTC)
-        return await self._finish(claimed, 200, s.dump(bank_account_out(locked)))
+        locked.updated_at = utcnow()
+        return await self._finish(claimed, 200, schemas.dump(bank_account_out(locked)))
 
     # --- reads ----------------------------------------------------------------------------------
 
-    async def list_transactions(self, party_ref: str, q: s.TransactionQuery) -> s.TransactionPage:
+    async def list_transactions(
+        self, party_ref: str, q: schemas.TransactionQuery
+    ) -> schemas.TransactionPage:
         before = decode_cursor(q.cursor) if q.cursor else None
         rows = await repo.list_transactions(
             self.session,
@@ -743,19 +640,21 @@ class FundingService:
         )
         page: Sequence[Transaction] = rows[: q.limit]
         next_cursor = encode_cursor(page[-1]) if len(rows) > q.limit else None
-        return s.TransactionPage(items=[transaction_out(t) for t in page], next_cursor=next_cursor)
+        return schemas.TransactionPage(
+            items=[transaction_out(t) for t in page], next_cursor=next_cursor
+        )
 
     async def get_transaction(
         self, party_ref: str, transaction_id: uuid.UUID
-    ) -> s.TransactionDetail:
+    ) -> schemas.TransactionDetail:
         txn = await repo.get_transaction(self.session, party_ref, transaction_id)
         if txn is None:
             raise TransactionNotFound("No transaction with this id.")
         entries = await repo.history(self.session, txn.id)
-        return s.TransactionDetail(
+        return schemas.TransactionDetail(
             **transaction_out(txn).model_dump(),
             history=[
-                s.HistoryEntryOut(
+                schemas.HistoryEntryOut(
                     from_status=TransactionStatus(h.from_status) if h.from_status else None,
                     to=TransactionStatus(h.to_status),
                     source=HistorySource(h.source),
@@ -768,18 +667,18 @@ class FundingService:
             ],
         )
 
-    async def balance(self, party_ref: str) -> s.BalanceOut:
+    async def balance(self, party_ref: str) -> schemas.BalanceOut:
         try:
             found = await self.bakkt.balance(party_ref)
         except BakktError as exc:
             raise unavailable_error(exc) from None
-        return s.BalanceOut(
+        return schemas.BalanceOut(
             currency=found.currency,
             settled=f"{found.settled:.2f}",
             unsettled=f"{found.unsettled:.2f}",
         )
 
-    async def wire_instructions(self, party_ref: str) -> s.WireInstructionsOut:
+    async def wire_instructions(self, party_ref: str) -> schemas.WireInstructionsOut:
         party = await repo.get_party(self.session, party_ref)
         await self.session.commit()
         if party is not None:
@@ -789,7 +688,7 @@ class FundingService:
             found = await self.bakkt.wire_instructions(party_ref)
         except BakktError as exc:
             raise unavailable_error(exc) from None
-        return s.WireInstructionsOut(
+        return schemas.WireInstructionsOut(
             reference_number=found.reference_number,
             routing_number=found.routing_number,
             account_number=found.account_number,

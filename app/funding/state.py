@@ -7,11 +7,13 @@ through `transition()`, which applies it or records it as ignored, and always ap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bakkt.types import TransactionStatus as BakktStatus
+from app.core.clock import utcnow
 from app.funding.models import HistorySource, Transaction, TransactionHistory
 from app.funding.models import TransactionStatus as Status
 
@@ -40,6 +42,26 @@ ALLOWED_MOVES: dict[Status, frozenset[Status]] = {
     Status.CANCELLED: frozenset(),
     Status.RETURNED: frozenset(),
 }
+
+
+def _predecessors() -> dict[Status, frozenset[Status]]:
+    out: dict[Status, set[Status]] = {state: set() for state in Status}
+    for start in Status:
+        stack = list(ALLOWED_MOVES[start])
+        seen: set[Status] = set()
+        while stack:
+            state = stack.pop()
+            if state in seen:
+                continue
+            seen.add(state)
+            out[state].add(start)
+            stack.extend(ALLOWED_MOVES[state])
+    return {state: frozenset(before) for state, before in out.items()}
+
+
+# For each state, the states that lead to it: Bakkt reporting one of those is an older word than
+# the one we acted on (a later event got here first), not a disagreement.
+BEHIND: dict[Status, frozenset[Status]] = _predecessors()
 
 _FROM_BAKKT: dict[BakktStatus, Status] = {
     BakktStatus.PENDING: Status.PENDING,
@@ -84,6 +106,35 @@ def decide(
     return Decision(True)
 
 
+class Judgement(StrEnum):
+    """What Bakkt reporting a status means for a transaction we hold in another."""
+
+    SAME = "same"  # nothing to do
+    APPLY = "apply"  # the move is allowed and not older than our state
+    STALE = "stale"  # a late word: behind our state, or an allowed move older than it
+    CONFLICT = "conflict"  # no delay or redelivery explains it: an operator decides
+
+
+def judge(
+    current: Status,
+    target: Status,
+    *,
+    current_event_time: datetime | None,
+    event_time: datetime | None,
+) -> Judgement:
+    """The one reading of the table for Bakkt's word, used by webhooks and every sync."""
+    if target == current:
+        return Judgement.SAME
+    if decide(current, target, current_event_time=current_event_time, event_time=event_time).apply:
+        return Judgement.APPLY
+    if current is Status.FAILED:
+        # Ours alone (Bakkt never reports it): any word from Bakkt means it did take the transfer.
+        return Judgement.CONFLICT
+    if target in BEHIND[current] or target in ALLOWED_MOVES[current]:
+        return Judgement.STALE
+    return Judgement.CONFLICT
+
+
 def transition(
     session: AsyncSession,
     txn: Transaction,
@@ -95,17 +146,24 @@ def transition(
     reason_code: str | None = None,
     reason_description: str | None = None,
     note: str | None = None,
+    withhold: str | None = None,
 ) -> bool:
-    """Apply `target` to `txn` if the table allows it, else record it as ignored.
+    """Apply `target` to `txn` if the table allows it, else record it as ignored; with
+    `withhold` (the reason, kept as the note), record it as seen and not applied whatever the
+    table says (a transaction held for review).
 
-    The caller holds the row lock on `txn` (SELECT ... FOR UPDATE) and commits.
-    Returns True when the status moved.
+    The caller holds the row lock on `txn` (`app.funding.repository.lock_transaction*`) and
+    commits. Returns True when the status moved.
     """
     current = Status(txn.status)
-    decision = decide(
-        current, target, current_event_time=txn.status_event_time, event_time=event_time
+    decision = (
+        Decision(False, withhold)
+        if withhold is not None
+        else decide(
+            current, target, current_event_time=txn.status_event_time, event_time=event_time
+        )
     )
-    now = datetime.now(UTC)
+    now = utcnow()
     session.add(
         TransactionHistory(
             transaction_id=txn.id,
@@ -115,7 +173,7 @@ def transition(
             event_id=event_id,
             reason_code=reason_code,
             applied=decision.apply,
-            note=note if decision.apply else _join(decision.why_not, note),
+            note=note if decision.apply else (withhold or _join(decision.why_not, note)),
             event_time=event_time,
         )
     )

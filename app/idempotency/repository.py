@@ -1,4 +1,5 @@
-"""Every SQL statement on `idempotency_keys`."""
+"""Every SQL statement on `idempotency_keys` (the finisher's look-up joins the transaction a key
+wrote, read-only)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.funding.models import Transaction, TransactionStatus
 from app.idempotency.models import IdempotencyKey
 
 STARTED = "started"
 INTENT_WRITTEN = "intent_written"
 FINISHED = "finished"
+# A transaction whose outcome at Bakkt is not known yet: its request's answer cannot be stored.
+_UNSETTLED = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN)
 
 
 async def claim_new(
@@ -134,3 +138,39 @@ async def delete_unfinished(session: AsyncSession, key_id: int) -> None:
             IdempotencyKey.id == key_id, IdempotencyKey.recovery_point != FINISHED
         )
     )
+
+
+async def abandoned_requests(session: AsyncSession, *, limit: int) -> list[tuple[int, uuid.UUID]]:
+    """Keys whose request wrote its transaction and then died (lease run out), where the
+    transaction has since been settled: (key id, transaction id)."""
+    statement = (
+        select(IdempotencyKey.id, Transaction.id)
+        .join(Transaction, Transaction.id == IdempotencyKey.transaction_id)
+        .where(
+            IdempotencyKey.recovery_point == INTENT_WRITTEN,
+            IdempotencyKey.locked_until <= func.clock_timestamp(),
+            Transaction.status.not_in(_UNSETTLED),
+        )
+        .order_by(IdempotencyKey.id)
+        .limit(limit)
+    )
+    return [(int(k), t) for k, t in (await session.execute(statement)).all()]
+
+
+async def delete_expired(session: AsyncSession, *, now: datetime, limit: int) -> int:
+    """Delete up to `limit` keys past `expires_at` (retention)."""
+    ids = (
+        select(IdempotencyKey.id)
+        .where(IdempotencyKey.expires_at <= now)
+        .order_by(IdempotencyKey.expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        delete(IdempotencyKey)
+        .where(IdempotencyKey.id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)

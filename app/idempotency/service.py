@@ -28,8 +28,6 @@ from app.idempotency import repository as repo
 
 log = logging.getLogger("app.idempotency")
 
-HEADER = "Idempotency-Key"
-REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY_SYNTAX = re.compile(r"^[\x20-\x7e]{8,255}$")
 
 
@@ -114,7 +112,7 @@ class IdempotentRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
+class KeyClaim:
     """We hold the key. `recovery_point` and `transaction_id` say how far an earlier holder got."""
 
     key_id: int
@@ -138,7 +136,7 @@ class Replay:
 
 async def claim(
     session: AsyncSession, req: IdempotentRequest, *, lease: timedelta, ttl: timedelta
-) -> Claim | Replay:
+) -> KeyClaim | Replay:
     """Claim the key (committed at once, so duplicates see it) or say what to answer instead."""
     for _ in range(3):
         row = await repo.claim_new(
@@ -153,7 +151,7 @@ async def claim(
         )
         if row is not None:
             await session.commit()
-            return Claim(row.id, row.created_at, row.recovery_point, None, resumed=False)
+            return KeyClaim(row.id, row.created_at, row.recovery_point, None, resumed=False)
         found = await repo.get_with_now(session, req.party_ref, req.key)
         if found is None:
             # The holder released it (its request failed before writing anything): claim anew.
@@ -179,12 +177,12 @@ async def claim(
             await session.rollback()
             raise IdempotencyRequestInProgress(
                 "The first request with this key has not finished yet; retry shortly.",
-                headers={"Retry-After": "1"},
+                retry_after=1,
             )
         taken = await repo.take_over(session, key_id, lease)
         if taken is not None:
             await session.commit()
-            return Claim(
+            return KeyClaim(
                 taken.id,
                 taken.created_at,
                 taken.recovery_point,
@@ -194,18 +192,20 @@ async def claim(
         await session.rollback()
     raise IdempotencyRequestInProgress(
         "The request with this key is changing hands; retry shortly.",
-        headers={"Retry-After": "1"},
+        retry_after=1,
     )
 
 
 async def record_intent(
-    session: AsyncSession, claim_: Claim, transaction_id: uuid.UUID | None
+    session: AsyncSession, claim_: KeyClaim, transaction_id: uuid.UUID | None
 ) -> None:
     """Part of the caller's transaction: commits together with the intent it points at."""
     await repo.set_intent(session, claim_.key_id, transaction_id)
 
 
-async def finish(session: AsyncSession, claim_: Claim, status: int, body: Any) -> tuple[int, Any]:
+async def finish(
+    session: AsyncSession, claim_: KeyClaim, status: int, body: Any
+) -> tuple[int, Any]:
     """Store the response (in the caller's transaction). Returns what the key now answers: ours,
     or the first one if another holder finished before us."""
     if await repo.finish(session, claim_.key_id, status, body):
@@ -214,12 +214,12 @@ async def finish(session: AsyncSession, claim_: Claim, status: int, body: Any) -
     return earlier if earlier is not None else (status, body)
 
 
-async def forget(session: AsyncSession, claim_: Claim) -> None:
+async def forget(session: AsyncSession, claim_: KeyClaim) -> None:
     """Drop an unfinished claim, in the caller's transaction: nothing will be replayed for it."""
     await repo.delete_unfinished(session, claim_.key_id)
 
 
-async def release(session: AsyncSession, claim_: Claim) -> None:
+async def release(session: AsyncSession, claim_: KeyClaim) -> None:
     """Forget an unfinished claim whose request failed before anything happened, so the caller
     may fix the request and retry with the same key."""
     await session.rollback()
@@ -227,7 +227,7 @@ async def release(session: AsyncSession, claim_: Claim) -> None:
     await session.commit()
 
 
-async def release_quietly(session: AsyncSession, claim_: Claim) -> None:
+async def release_quietly(session: AsyncSession, claim_: KeyClaim) -> None:
     """`release` after an unexpected failure; if even that fails, the lease runs out instead."""
     try:
         await release(session, claim_)
@@ -235,7 +235,7 @@ async def release_quietly(session: AsyncSession, claim_: Claim) -> None:
         log.warning("could not release idempotency claim %s: %s", claim_.key_id, type(exc).__name__)
 
 
-async def end_lease_quietly(session: AsyncSession, claim_: Claim) -> None:
+async def end_lease_quietly(session: AsyncSession, claim_: KeyClaim) -> None:
     """After an unexpected failure past the intent: the intent stands, and the consumer's retry
     may resume it at once instead of getting 409 until the lease runs out."""
     try:

@@ -42,7 +42,7 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, Labels], int] = {}
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self._gauges: dict[str, tuple[str, Callable[[], float | None]]] = {}
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         if amount == 0:
@@ -58,18 +58,8 @@ class Metrics:
                 return self._counters.get((name, tuple(sorted(labels.items()))), 0)
             return sum(v for (n, _), v in self._counters.items() if n == name)
 
-    def by_label(self, name: str, label: str) -> dict[str, int]:
-        """The counter's values split by one label, e.g. drift by kind."""
-        out: dict[str, int] = {}
-        with self._lock:
-            for (n, labels), v in self._counters.items():
-                if n == name:
-                    key = dict(labels).get(label, "")
-                    out[key] = out.get(key, 0) + v
-        return out
-
-    def gauge(self, name: str, read: Callable[[], float], help_text: str = "") -> None:
-        """A value read when rendered (the breaker's state, say)."""
+    def gauge(self, name: str, read: Callable[[], float | None], help_text: str = "") -> None:
+        """A value read when rendered (the breaker's state, say); None leaves it out."""
         with self._lock:
             self._gauges[name] = (help_text, read)
 
@@ -89,12 +79,23 @@ class Metrics:
                 lines.append(f"# TYPE {full} counter")
             lines.append(f"{full}{_labels(labels)} {value}")
         for name, (help_text, read) in gauges:
+            reading = read()
+            if reading is None:
+                continue
             full = PREFIX + name
             if help_text:
                 lines.append(f"# HELP {full} {help_text}")
             lines.append(f"# TYPE {full} gauge")
-            lines.append(f"{full} {float(read()):g}")
+            lines.append(f"{full} {float(reading):g}")
         return "\n".join(lines) + "\n"
+
+
+def counter_family(name: str, label: str, values: Mapping[str, int], help_text: str) -> str:
+    """Counters kept elsewhere (the webhook receiver's), in the same exposition format."""
+    full = PREFIX + name
+    lines = [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
+    lines += [f"{full}{_labels(((label, key),))} {n}" for key, n in sorted(values.items())]
+    return "\n".join(lines) + "\n"
 
 
 def _labels(labels: Labels) -> str:
@@ -112,6 +113,14 @@ class _Breaker(Protocol):
     def is_open(self) -> bool: ...
 
 
+class _Bakkt(Protocol):
+    @property
+    def breaker(self) -> _Breaker | None: ...
+
+    @property
+    def last_heartbeat_ok(self) -> bool | None: ...
+
+
 def watch_breaker(metrics: Metrics, breaker: _Breaker | None) -> None:
     """Expose the Bakkt circuit breaker as the gauge `bakkt_circuit_open` (1 while open)."""
     if breaker is not None:
@@ -120,6 +129,21 @@ def watch_breaker(metrics: Metrics, breaker: _Breaker | None) -> None:
             lambda: 1.0 if breaker.is_open() else 0.0,
             "1 while calls to Bakkt fail fast (circuit open)",
         )
+
+
+def watch_bakkt(metrics: Metrics, bakkt: _Bakkt) -> None:
+    """`bakkt_up`: 1 when Bakkt answered the latest heartbeat, 0 when it did not or the circuit
+    is open; absent until the first heartbeat (the workers send one every minute)."""
+
+    def read() -> float | None:
+        if bakkt.breaker is not None and bakkt.breaker.is_open():
+            return 0.0
+        if bakkt.last_heartbeat_ok is None:
+            return None
+        return 1.0 if bakkt.last_heartbeat_ok else 0.0
+
+    metrics.gauge("bakkt_up", read, "1 when Bakkt answered the latest heartbeat")
+    watch_breaker(metrics, bakkt.breaker)
 
 
 METRICS = Metrics()

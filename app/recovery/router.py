@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from app.recovery.metrics import METRICS, Metrics
+from app.recovery.metrics import METRICS, Metrics, counter_family
+from app.webhooks.verify import metrics_for
 
 router = APIRouter(tags=["operations"])
 
@@ -20,4 +21,20 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 )
 async def metrics(request: Request) -> PlainTextResponse:
     registry: Metrics = getattr(request.app.state, "metrics", METRICS)
-    return PlainTextResponse(registry.render(), media_type=PROMETHEUS_TEXT)
+    webhooks = metrics_for(request.app)
+    text = (
+        registry.render()
+        + counter_family(
+            "webhook_rejected_total",
+            "reason",
+            webhooks.rejected,
+            "Webhook deliveries refused before storing, by reason",
+        )
+        + counter_family(
+            "webhook_deliveries_total",
+            "outcome",
+            webhooks.outcomes,
+            "Webhook deliveries answered, by outcome (DUPLICATE for redeliveries)",
+        )
+    )
+    return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)

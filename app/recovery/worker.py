@@ -19,11 +19,19 @@ from dataclasses import dataclass
 
 from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
+from app.bakkt.errors import BakktError
+from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings
+from app.core.backoff import backoff
+from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
-from app.recovery import service
+from app.idempotency.finisher import finish_abandoned_requests
+from app.recovery.jobs import SessionFactory
 from app.recovery.metrics import METRICS, Metrics
-from app.recovery.service import SessionFactory
+from app.recovery.reconcile import run_scheduled_reconcile
+from app.recovery.retention import apply_retention
+from app.recovery.settle import settle_unknown
+from app.recovery.sweep import sweep_pending
 from app.webhooks.service import rematch_parked
 
 log = logging.getLogger("app.recovery")
@@ -32,6 +40,9 @@ log = logging.getLogger("app.recovery")
 ERROR_BACKOFF_CAP = 60.0
 # How often the scheduled reconciliation checks whether it is due (it runs once per interval).
 RECONCILE_CHECK_INTERVAL = 300.0
+# How often Bakkt's heartbeat is asked (the `bakkt_up` gauge; while the circuit is open, the
+# probe that closes it once Bakkt answers again).
+HEARTBEAT_INTERVAL = 60.0
 _rng = random.SystemRandom()
 
 
@@ -56,12 +67,12 @@ def service_jobs(
     batch = settings.recovery_batch_size
 
     async def settle() -> int:
-        done = await service.settle_unknown(session_factory, bakkt, settings, metrics=metrics)
-        await service.finish_abandoned_requests(session_factory, metrics=metrics)
+        done = await settle_unknown(session_factory, bakkt, settings, metrics=metrics)
+        await finish_abandoned_requests(session_factory, metrics=metrics)
         return done
 
     async def sweep() -> int:
-        return await service.sweep_pending(session_factory, bakkt, settings, metrics=metrics)
+        return await sweep_pending(session_factory, bakkt, settings, metrics=metrics)
 
     async def rematch() -> int:
         done = await rematch_parked(session_factory, limit=batch)
@@ -69,13 +80,16 @@ def service_jobs(
         return done
 
     async def reconcile() -> int:
-        summary = await service.run_scheduled_reconcile(
-            session_factory, bakkt, settings, metrics=metrics
-        )
+        summary = await run_scheduled_reconcile(session_factory, bakkt, settings, metrics=metrics)
         return 0 if summary is None else summary.transactions_seen
 
+    async def heartbeat() -> int:
+        with contextlib.suppress(BakktError):
+            await bakkt.heartbeat()
+        return 0
+
     async def retention() -> int:
-        result = await service.apply_retention(session_factory, settings, metrics=metrics)
+        result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
 
     return [
@@ -89,6 +103,8 @@ def service_jobs(
             uses_bakkt=True,
         ),
         Job("retention", settings.retention_interval, retention),
+        # Not skipped while the circuit is open: it is what closes it when no request comes.
+        Job("heartbeat", HEARTBEAT_INTERVAL, heartbeat),
     ]
 
 
@@ -178,7 +194,7 @@ class Workers:
                 raise
             except Exception as exc:
                 failures += 1
-                delay = min(2.0 ** (failures - 1), ERROR_BACKOFF_CAP)
+                delay = backoff(failures, base=1.0, cap=ERROR_BACKOFF_CAP)
                 if is_database_unavailable(exc):
                     self.metrics.inc("recovery_job_errors_total", job=job.name, cause="database")
                     if not in_outage:
@@ -209,9 +225,6 @@ class Workers:
 
 async def run_standalone(settings: Settings) -> None:
     """`fiat-onramp worker`: the recovery workers in their own process, until SIGTERM/SIGINT."""
-    from app.db import create_engine, create_session_factory
-    from app.main import bakkt_breaker, bakkt_config
-
     engine = create_engine(settings)
     try:
         factory = create_session_factory(engine)

@@ -1,31 +1,15 @@
-"""Every SQL statement of the webhook receiver, including those on the funding tables it moves;
-the few that reconciliation makes too are in `app.funding.repository`.
-
-Row locks on transactions, parties and bank accounts are `FOR NO KEY UPDATE`: it excludes every
-other writer exactly like `FOR UPDATE`, but not the `KEY SHARE` lock a foreign-key check takes, so
-inserting a fee that points at a locked transfer does not wait for (or deadlock with) it.
-"""
+"""Every SQL statement on stored webhook events. What applying an event does to parties, bank
+accounts and transactions is funding's SQL (`app.funding.repository`)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.alerts.models import OperatorAlert
-from app.funding.models import (
-    BankAccount,
-    HistorySource,
-    Party,
-    Transaction,
-    TransactionHistory,
-    TransactionOrigin,
-)
 from app.webhooks.models import EventStatus, WebhookEvent
 
 ORPHAN_WINDOW = timedelta(days=7)
@@ -142,156 +126,26 @@ async def event_attempts(session: AsyncSession, event_pk: int) -> int:
     return (await session.execute(statement)).scalar_one()
 
 
-# -- transactions --------------------------------------------------------------------------------
-
-
-async def link_orphan_relations(
-    session: AsyncSession, *, related_ref: str | None = None, now: datetime
-) -> int:
-    """Point Bakkt-started rows (fees, adjustments) at the transfer their event named, once that
-    transfer is known. `related_ref` narrows it to one transfer; None sweeps the events of the
-    last ORPHAN_WINDOW (bounded work on every run; older gaps are reconciliation's)."""
-    related = Transaction.__table__.alias("related")
-    conditions = [
-        WebhookEvent.transaction_ref == Transaction.bakkt_ref,
-        WebhookEvent.related_ref == related.c.bakkt_ref,
-        Transaction.related_transaction_id.is_(None),
-        Transaction.origin == TransactionOrigin.BAKKT,
-        related.c.id != Transaction.id,
-    ]
-    if related_ref is not None:
-        conditions.append(WebhookEvent.related_ref == related_ref)
-    else:
-        conditions.append(WebhookEvent.related_ref.is_not(None))
-        conditions.append(WebhookEvent.received_at >= func.now() - ORPHAN_WINDOW)
+async def clear_bodies(session: AsyncSession, *, before: datetime, limit: int) -> int:
+    """Null the raw body of events received before `before` (retention). Events still waiting
+    to be applied keep theirs: it is all they have."""
+    ids = (
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.body.is_not(None),
+            WebhookEvent.received_at < before,
+            WebhookEvent.status.not_in((EventStatus.RECEIVED, EventStatus.PARKED)),
+        )
+        .order_by(WebhookEvent.received_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
     statement = (
-        update(Transaction)
-        .where(*conditions)
-        .values(related_transaction_id=related.c.id, updated_at=now)
+        update(WebhookEvent)
+        .where(WebhookEvent.id.in_(ids))
+        .values(body=None)
         .execution_options(synchronize_session=False)
     )
     result = await session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def add_unapplied_history(
-    session: AsyncSession,
-    *,
-    transaction_id: uuid.UUID,
-    from_status: str,
-    to_status: str,
-    event_id: str,
-    event_time: datetime,
-    reason_code: str | None,
-    note: str,
-) -> None:
-    """A seen-but-not-applied record (held for review): not a move, so not through transition."""
-    session.add(
-        TransactionHistory(
-            transaction_id=transaction_id,
-            from_status=from_status,
-            to_status=to_status,
-            source=HistorySource.WEBHOOK,
-            event_id=event_id,
-            reason_code=reason_code,
-            applied=False,
-            note=note,
-            event_time=event_time,
-        )
-    )
-
-
-# -- parties -------------------------------------------------------------------------------------
-
-
-async def insert_party(
-    session: AsyncSession,
-    *,
-    party_ref: str,
-    status: str,
-    reason: str | None,
-    event_time: datetime,
-    now: datetime,
-) -> bool:
-    statement = (
-        insert(Party)
-        .values(
-            party_ref=party_ref,
-            status=status,
-            status_reason=reason,
-            status_event_time=event_time,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[Party.party_ref])
-        .returning(Party.party_ref)
-    )
-    return (await session.execute(statement)).scalar_one_or_none() is not None
-
-
-async def lock_party(session: AsyncSession, party_ref: str) -> Party | None:
-    statement = (
-        select(Party)
-        .where(Party.party_ref == party_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-# -- bank accounts -------------------------------------------------------------------------------
-
-
-async def lock_bank_account_by_link_ref(session: AsyncSession, link_ref: str) -> BankAccount | None:
-    statement = (
-        select(BankAccount)
-        .where(BankAccount.link_ref == link_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-async def insert_bank_account(
-    session: AsyncSession,
-    *,
-    party_ref: str,
-    link_ref: str,
-    link_method: str,
-    status: str,
-    bank_name: str | None,
-    account_mask: str | None,
-    account_type: str | None,
-    reason_code: str | None,
-    event_time: datetime,
-    now: datetime,
-) -> bool:
-    statement = (
-        insert(BankAccount)
-        .values(
-            id=uuid.uuid4(),
-            party_ref=party_ref,
-            link_ref=link_ref,
-            link_method=link_method,
-            status=status,
-            bank_name=bank_name,
-            account_mask=account_mask,
-            account_type=account_type,
-            reason_code=reason_code,
-            status_event_time=event_time,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[BankAccount.link_ref])
-        .returning(BankAccount.id)
-    )
-    return (await session.execute(statement)).scalar_one_or_none() is not None
-
-
-# -- alerts --------------------------------------------------------------------------------------
-
-
-def add_alert(
-    session: AsyncSession, *, kind: str, subject: str, detail: str, data: dict[str, Any]
-) -> None:
-    session.add(OperatorAlert(kind=kind, subject=subject[:255], detail=detail, data=data))

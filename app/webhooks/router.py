@@ -1,4 +1,4 @@
-"""`POST /webhooks/bakkt`: Bakkt's events come in here (shared/bakkt/DECISIONS.md A6)."""
+"""`POST /webhooks/bakkt`: Bakkt's events come in here (docs/bakkt-contract.md A6)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Who may post a webhook: checked on the raw bytes, before anything is parsed or stored.
 
 Bakkt publishes nothing about how its webhooks are authenticated; this follows the assumption in
-shared/bakkt/DECISIONS.md A6: the Standard Webhooks HMAC scheme by default, plus an optional
+docs/bakkt-contract.md A6: the Standard Webhooks HMAC scheme by default, plus an optional
 static header token and an optional source-IP allow-list, each switched on by settings.
 """
 
@@ -22,6 +22,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from app.bakkt.webhooks import (
+    WEBHOOK_ID_HEADER,
+    WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
+    WEBHOOK_TOKEN_HEADER,
+)
 from app.config import Settings
 from app.errors import PayloadTooLarge, Unauthorized
 
@@ -29,12 +35,12 @@ logger = logging.getLogger("app.webhooks")
 
 # Standard Webhooks' default: a captured delivery cannot be replayed later than this.
 TIMESTAMP_TOLERANCE_SECONDS = 300
-TOKEN_HEADER = "x-webhook-token"  # noqa: S105 - a header name, not a secret
+TOKEN_HEADER = WEBHOOK_TOKEN_HEADER
 # Stored with the event: enough to re-check a signature or trace a delivery, and no secret.
 KEPT_HEADERS = (
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
+    WEBHOOK_ID_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
+    WEBHOOK_SIGNATURE_HEADER,
     "content-type",
     "user-agent",
     "x-request-id",
@@ -276,9 +282,9 @@ async def verified_webhook(request: Request) -> VerifiedWebhook:
         verifier.check_token(headers.get(TOKEN_HEADER))
         body = await _read_capped(request, verifier.max_body_bytes)
         verifier.check_signature(
-            msg_id=headers.get("webhook-id"),
-            timestamp=headers.get("webhook-timestamp"),
-            signature=headers.get("webhook-signature"),
+            msg_id=headers.get(WEBHOOK_ID_HEADER),
+            timestamp=headers.get(WEBHOOK_TIMESTAMP_HEADER),
+            signature=headers.get(WEBHOOK_SIGNATURE_HEADER),
             body=body,
         )
     except (WebhookRejected, WebhookTooLarge) as exc:
@@ -287,12 +293,12 @@ async def verified_webhook(request: Request) -> VerifiedWebhook:
             "webhook refused: %s (source %s, webhook-id %r)",
             exc.code,
             source_ip,
-            (headers.get("webhook-id") or "")[:64],
+            (headers.get(WEBHOOK_ID_HEADER) or "")[:64],
         )
         raise
     return VerifiedWebhook(
         body=body,
-        webhook_id=headers.get("webhook-id"),
+        webhook_id=headers.get(WEBHOOK_ID_HEADER),
         headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
         source_ip=source_ip,
         received_at=received_at,

@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth.dev_token import mint_dev_token
 from app.bakkt import BakktClient
+from app.bakkt.setup import bakkt_config
 from app.config import Settings
 from app.db import create_session_factory
-from app.main import bakkt_config, create_app
+from app.main import create_app
 from bakkt_sandbox.testing import RunningSandbox, running_sandbox
 from tests.funding.helpers import Execute
 

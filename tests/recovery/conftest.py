@@ -19,9 +19,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.bakkt import BakktClient
+from app.bakkt.setup import bakkt_config
 from app.config import Settings
 from app.db import create_session_factory
-from app.main import bakkt_config
 from app.recovery.metrics import Metrics
 from bakkt_sandbox.testing import RunningSandbox, running_sandbox
 from tests.recovery.helpers import Execute

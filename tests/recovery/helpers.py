@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.bakkt import BakktClient, TransferDirection, TransferMethod, TransferRequest
+from app.recovery.metrics import PREFIX, Metrics
 
 Execute = Callable[..., Awaitable[Any]]
 
@@ -136,3 +138,17 @@ async def db_now(run: Execute) -> datetime:
     rows = await run("SELECT clock_timestamp()")
     value: datetime = rows[0][0]
     return value
+
+
+def counter_by_label(metrics: Metrics, name: str, label: str) -> dict[str, int]:
+    """A counter's series split by one label, read from what `/metrics` exposes."""
+    out: dict[str, int] = {}
+    pattern = re.compile(rf"^{re.escape(PREFIX + name)}\{{(.*)\}} (\d+)$")
+    for line in metrics.render().splitlines():
+        found = pattern.match(line)
+        if found is None:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', found.group(1)))
+        key = labels.get(label, "")
+        out[key] = out.get(key, 0) + int(found.group(2))
+    return out

@@ -11,11 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bakkt import BakktClient, BakktRejected, BakktUnavailable
 from app.bakkt.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker, CircuitOpen
+from app.bakkt.setup import bakkt_config
 from app.config import Settings
-from app.main import bakkt_config
 from app.recovery.metrics import Metrics, watch_breaker
-from app.recovery.service import settle_unknown, sweep_pending
+from app.recovery.settle import settle_unknown
+from app.recovery.sweep import sweep_pending
 from bakkt_sandbox.testing import RunningSandbox
+from tests.recovery.helpers import counter_by_label
 
 
 class FakeClock:
@@ -135,7 +137,7 @@ async def test_client_fails_fast_while_open_then_recovers_by_itself(
         # The recovery jobs do not hammer Bakkt while it is down: they skip their cycle.
         assert await settle_unknown(factory, bakkt, rsettings, metrics=metrics) == 0
         assert await sweep_pending(factory, bakkt, rsettings, metrics=metrics) == 0
-        assert metrics.by_label("recovery_skipped_circuit_open_total", "job") == {
+        assert counter_by_label(metrics, "recovery_skipped_circuit_open_total", "job") == {
             "settle": 1,
             "sweep": 1,
         }

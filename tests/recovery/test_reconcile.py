@@ -24,13 +24,14 @@ from app.bakkt import BakktClient, TransferDirection, TransferMethod, TransferRe
 from app.config import Settings
 from app.main import create_app
 from app.recovery.metrics import Metrics
-from app.recovery.service import reconcile, run_scheduled_reconcile
+from app.recovery.reconcile import reconcile, run_scheduled_reconcile
 from bakkt_sandbox.testing import RunningSandbox
 from tests.recovery.conftest import Isolate
 from tests.recovery.helpers import (
     Execute,
     add_transfer,
     alerts_about,
+    counter_by_label,
     db_now,
     history_of,
     link_at_bakkt,
@@ -178,7 +179,10 @@ async def test_reconciliation_after_lost_webhooks_restores_every_final_state(
         assert summary.transactions_seen == 9
         assert summary.drift == {"status": 6, "missing": 2}
         assert (summary.moved, summary.created) == (6, 2)
-        assert metrics.by_label("recovery_drift_total", "kind") == {"status": 6, "missing": 2}
+        assert counter_by_label(metrics, "recovery_drift_total", "kind") == {
+            "status": 6,
+            "missing": 2,
+        }
 
         # What the consumer sees through the API.
         listed = await http.get(

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.main import create_app
 from app.recovery.metrics import Metrics
 from app.recovery.worker import Job, Workers
+from tests.recovery.helpers import counter_by_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +69,7 @@ async def test_job_loops_survive_errors_and_database_outages_and_stop_promptly()
     assert 2 <= calls["broken"] <= 3
     assert 2 <= calls["outage"] <= 3
     assert calls["slow"] == 1
-    errors = metrics.by_label("recovery_job_errors_total", "cause")
+    errors = counter_by_label(metrics, "recovery_job_errors_total", "cause")
     assert errors["error"] == calls["broken"]
     assert errors["database"] == calls["outage"]
 
@@ -137,6 +138,7 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
             "recovery:rematch_webhooks",
             "recovery:reconcile",
             "recovery:retention",
+            "recovery:heartbeat",
         }
     assert recovery_tasks() == set()
 
