@@ -2,7 +2,7 @@
 
 FastAPI's defaults load both from a CDN, so the pages are blank on a machine without internet
 and depend on a third party in production. The files under `app/static/docs/` are the
-unmodified builds of the official npm packages, with their licences; docs/api-docs-assets.md
+unmodified builds of the official npm packages, with their licences; docs/configuration.md
 says which versions, their checksums, and how to update them.
 """
 
