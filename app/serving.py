@@ -12,7 +12,9 @@ to the parser as before.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -33,11 +35,10 @@ class _HeaderLimitExceeded(Exception):
 
 
 class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
-    max_head_bytes = 32 * 1024
-    max_headers = 100
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_head_bytes: int, max_headers: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
         # A fresh connection is reading a head: every byte before the blank line counts.
         self._reading_head = True
         self._head_bytes = 0
@@ -129,11 +130,13 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().eof_received()
 
 
-def header_limited_protocol(max_head_bytes: int, max_headers: int) -> type[HttpToolsProtocol]:
-    return type(
-        "HeaderLimitedHttpToolsProtocol",
-        (HeaderLimitedHttpToolsProtocol,),
-        {"max_head_bytes": max_head_bytes, "max_headers": max_headers},
+def header_limited_protocol(
+    max_head_bytes: int, max_headers: int
+) -> Callable[..., HeaderLimitedHttpToolsProtocol]:
+    # A partial of a module-level class, not a class made at run time: uvicorn pickles its
+    # config into each worker process when it runs more than one.
+    return functools.partial(
+        HeaderLimitedHttpToolsProtocol, max_head_bytes=max_head_bytes, max_headers=max_headers
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.serving import HeaderLimitedHttpToolsProtocol, uvicorn_options
 
 WEBHOOK_SOURCE = "203.0.113.7"  # TEST-NET-3: only ever written into a header here
 
@@ -207,3 +209,12 @@ def test_x_forwarded_for_is_believed_from_a_proxy_in_forwarded_allow_ips(
     # The allow-list passes; the request then fails on its missing signature.
     assert _webhook_code(behind_local_proxy, WEBHOOK_SOURCE) != "webhook_source_not_allowed"
     assert _webhook_code(behind_local_proxy, "198.51.100.9") == "webhook_source_not_allowed"
+
+
+def test_server_options_survive_the_pickling_into_worker_processes() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, max_request_header_bytes=4096, max_request_headers=20
+    )
+    protocol = pickle.loads(pickle.dumps(uvicorn_options(settings)["http"]))  # noqa: S301
+    assert protocol.func is HeaderLimitedHttpToolsProtocol
+    assert protocol.keywords == {"max_head_bytes": 4096, "max_headers": 20}
