@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from app import migrate
-from app.config import Settings, get_settings
+from app.config import Settings, describe_settings_error, get_settings, is_settings_error
+from app.serving import uvicorn_options
+from app.startup import ConfigError, DatabaseUnreachable, check_database
 
 DATA_DIR = Path(".data")
 
@@ -28,31 +31,33 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
-def _require_database_url(settings: Settings) -> str:
+def _require_database_url(settings: Settings, *, wait_for_server: bool = False) -> str:
+    """DATABASE_URL, checked by connecting once. A long-running command (`wait_for_server`)
+    starts even while no server answers, and reports not ready until one does; a missing
+    database or refused login never fixes itself, so it stops every command."""
     if not settings.database_url:
-        print(
+        raise ConfigError(
             "DATABASE_URL is not set. Use `fiat-onramp dev` (embedded Postgres), or point "
-            "DATABASE_URL at a database (for example after `docker compose up db`).",
-            file=sys.stderr,
+            "DATABASE_URL at a database (for example after `docker compose up db`)."
         )
-        raise SystemExit(2)
+    try:
+        asyncio.run(check_database(settings.database_url))
+    except DatabaseUnreachable as exc:
+        if not wait_for_server:
+            raise
+        logging.getLogger("app.cli").warning(
+            "%s; starting anyway, /readyz says when it is back", exc
+        )
     return settings.database_url
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     _configure_logging(settings)
-    _require_database_url(settings)
+    _require_database_url(settings, wait_for_server=True)
     from app.main import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        proxy_headers=True,
-        access_log=False,
-        log_level=settings.log_level.lower(),
-    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings))
     return 0
 
 
@@ -76,10 +81,14 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
         try:
             embedded = await asyncio.to_thread(start_embedded_postgres, DATA_DIR / "postgres")
         except EmbeddedPostgresUnavailable as exc:
-            print(str(exc), file=sys.stderr)
-            raise SystemExit(2) from exc
+            raise ConfigError(str(exc)) from None
         settings = settings.model_copy(update={"database_url": embedded.url})
         print(f"embedded Postgres ({embedded.kind}) with its data under {DATA_DIR}/postgres")
+    else:
+        # A newcomer's DATABASE_URL often names a server that has no such database yet.
+        created = await check_database(settings.database_url, create_missing=True)
+        if created:
+            print(created)
     try:
         engine = create_engine(settings)
         await migrate.upgrade_async(engine)
@@ -103,11 +112,7 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
             )
             print(f"Bakkt sandbox on http://{args.host}:{args.sandbox_port}")
         config = uvicorn.Config(
-            create_app(settings),
-            host=args.host,
-            port=args.port,
-            access_log=False,
-            log_level=settings.log_level.lower(),
+            create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings)
         )
         server = uvicorn.Server(config)
         print(f"fiat-onramp on http://{args.host}:{args.port} (docs at /docs)")
@@ -165,7 +170,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001 - argparse's signature
     settings = get_settings()
     _configure_logging(settings)
-    _require_database_url(settings)
+    _require_database_url(settings, wait_for_server=True)
     from app.recovery.worker import run_standalone
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -278,8 +283,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM from a container runtime should end the process as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    except ValidationError as exc:
+        if not is_settings_error(exc):
+            raise
+        return _config_error(describe_settings_error(exc))
     return result
+
+
+def _config_error(message: str) -> int:
+    # One line, exit 2 (a usage error, as argparse's): a traceback would bury the setting's name.
+    print(f"fiat-onramp: configuration error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEV_PARTNER_ID = "5f0c2b9e-6a3d-4c1e-9f7a-2d8e4b6a1c01"
 DEV_CLIENT_ID = "dev-client"
@@ -19,6 +24,15 @@ DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
 # A secret that still carries one of these markers was copied from a default or an example.
 _PLACEHOLDER_MARKERS = ("change-me", "changeme", "example", "placeholder", "dev-", "secret")
 
+# Production floors (docs/configuration.md). HMAC keys: 32 bytes, the output size of SHA-256 (RFC
+# 2104 §3 and RFC 7518 §3.2 for HS256); a shorter key lowers the forging cost below the hash's.
+# Standard Webhooks secrets: 24 bytes of key, the size the spec's own generators draw. Bakkt's
+# client secret is chosen by Bakkt, not by us, so the floor only has to catch hand-typed values:
+# 16 characters of a random base62 string are ~95 bits, and no issued secret is shorter.
+MIN_HMAC_KEY_BYTES = 32
+MIN_WEBHOOK_KEY_BYTES = 24
+MIN_CLIENT_SECRET_CHARS = 16
+
 
 class AppEnv(StrEnum):
     DEVELOPMENT = "development"
@@ -28,6 +42,31 @@ class AppEnv(StrEnum):
 def _is_placeholder(value: str) -> bool:
     lowered = value.lower()
     return not value or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+def webhook_secret_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (base64 after `whsec_`); ValueError if not."""
+    text = secret.strip()
+    if not text.startswith("whsec_"):
+        raise ValueError("does not start with `whsec_`")
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not `whsec_` followed by base64") from None
+    if not key:
+        raise ValueError("has an empty key after `whsec_`")
+    return key
+
+
+def _ip_networks(setting: str, entries: list[str], *, allow_any: bool) -> list[str]:
+    for entry in entries:
+        if allow_any and entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{setting} holds {entry!r}, not an IP address or CIDR") from None
+    return entries
 
 
 def normalize_database_url(url: str) -> str:
@@ -80,6 +119,14 @@ class Settings(BaseSettings):
     webhook_static_token: SecretStr | None = None
     webhook_allowed_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs, CIDRs, or `*`). Empty:
+    # the client address is the TCP peer's, so no local process can fake a webhook source.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Bounds on a request's header block, enforced before the HTTP parser buffers it
+    # (app/serving.py); past them the connection is answered 431 and closed.
+    max_request_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_request_headers: int = Field(default=100, ge=16)
 
     auth_jwt_secret: SecretStr | None = SecretStr(DEV_JWT_SECRET)
     auth_jwks_url: str | None = None
@@ -143,16 +190,51 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str | None) -> str | None:
-        return normalize_database_url(value) if value else value
+        if not value:
+            return value
+        url = normalize_database_url(value)
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            # The value is not echoed: it may carry a password.
+            raise ValueError(
+                "is not a database URL (postgresql://user:password@host:5432/name)"
+            ) from None
+        if parsed.get_backend_name() != "postgresql":
+            raise ValueError("must be a postgresql:// URL")
+        return url
 
-    @field_validator("bakkt_webhook_secrets", "webhook_allowed_ips", mode="before")
+    @field_validator(
+        "bakkt_webhook_secrets", "webhook_allowed_ips", "forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("auth_jwt_secret", "webhook_static_token", mode="before")
+    @field_validator("bakkt_webhook_secrets")
+    @classmethod
+    def _whsec_format(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for position, secret in enumerate(value, start=1):
+            try:
+                webhook_secret_key(secret.get_secret_value())
+            except ValueError as exc:
+                # Which one, never its value: the message reaches the terminal and the logs.
+                raise ValueError(f"secret {position} of {len(value)} {exc}") from None
+        return value
+
+    @field_validator("webhook_allowed_ips")
+    @classmethod
+    def _allowed_ips(cls, value: list[str]) -> list[str]:
+        return _ip_networks("WEBHOOK_ALLOWED_IPS", value, allow_any=False)
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _forwarded_ips(cls, value: list[str]) -> list[str]:
+        return _ip_networks("FORWARDED_ALLOW_IPS", value, allow_any=True)
+
+    @field_validator("auth_jwt_secret", "webhook_static_token", "auth_jwks_url", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -160,30 +242,70 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_placeholders_in_production(self) -> Settings:
+    def _refuse_weak_secrets_in_production(self) -> Settings:
         if self.app_env is not AppEnv.PRODUCTION:
             return self
         problems: list[str] = []
         if not self.database_url:
             problems.append("DATABASE_URL must be set")
-        if _is_placeholder(self.bakkt_client_secret.get_secret_value()):
+        client_secret = self.bakkt_client_secret.get_secret_value()
+        if _is_placeholder(client_secret) or client_secret == DEV_CLIENT_SECRET:
             problems.append("BAKKT_CLIENT_SECRET is empty or a placeholder")
+        elif len(client_secret) < MIN_CLIENT_SECRET_CHARS:
+            problems.append(
+                f"BAKKT_CLIENT_SECRET is shorter than {MIN_CLIENT_SECRET_CHARS} characters"
+            )
         if not self.bakkt_webhook_secrets:
             problems.append("BAKKT_WEBHOOK_SECRETS is empty")
-        for secret in self.bakkt_webhook_secrets:
-            if secret.get_secret_value() == DEV_WEBHOOK_SECRET or _is_placeholder(
-                secret.get_secret_value().removeprefix("whsec_")
+        for position, secret in enumerate(self.bakkt_webhook_secrets, start=1):
+            text = secret.get_secret_value()
+            if text.strip() == DEV_WEBHOOK_SECRET or _is_placeholder(
+                text.strip().removeprefix("whsec_")
             ):
-                problems.append("BAKKT_WEBHOOK_SECRETS holds a placeholder")
-                break
+                problems.append(f"BAKKT_WEBHOOK_SECRETS secret {position} is a placeholder")
+            elif len(webhook_secret_key(text)) < MIN_WEBHOOK_KEY_BYTES:
+                problems.append(
+                    f"BAKKT_WEBHOOK_SECRETS secret {position} has a key shorter than "
+                    f"{MIN_WEBHOOK_KEY_BYTES} bytes"
+                )
         if self.auth_jwks_url is None:
-            if self.auth_jwt_secret is None or _is_placeholder(
-                self.auth_jwt_secret.get_secret_value()
-            ):
-                problems.append("set AUTH_JWKS_URL, or a real AUTH_JWT_SECRET")
+            # Without a JWKS, consumer tokens are HS256 under this secret: a weak one lets anyone
+            # mint an admin token.
+            jwt_secret = self.auth_jwt_secret.get_secret_value() if self.auth_jwt_secret else ""
+            if _is_placeholder(jwt_secret):
+                problems.append("AUTH_JWT_SECRET is empty or a placeholder (or set AUTH_JWKS_URL)")
+            elif len(jwt_secret.encode()) < MIN_HMAC_KEY_BYTES:
+                problems.append(
+                    f"AUTH_JWT_SECRET is shorter than {MIN_HMAC_KEY_BYTES} bytes "
+                    "(or set AUTH_JWKS_URL)"
+                )
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+
+# The environment prefix of each settings class the command line loads, by pydantic's title.
+_ENV_PREFIXES = {"Settings": "", "SandboxSettings": "SANDBOX_"}
+
+
+def is_settings_error(exc: ValidationError) -> bool:
+    return exc.title in _ENV_PREFIXES
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line for a person: each problem with the environment variable it names, never the
+    value given (it may be a secret)."""
+    prefix = _ENV_PREFIXES.get(exc.title, "")
+    parts: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        message = error["msg"].removeprefix("Value error, ")
+        loc = error["loc"]
+        if loc:
+            name = prefix + str(loc[0]).upper()
+            parts.append(message if message.startswith(name) else f"{name}: {message}")
+        else:
+            parts.append(message)
+    return "; ".join(" ".join(part.split()) for part in parts)
 
 
 @lru_cache

@@ -12,11 +12,16 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# pgserver narrates every initdb and pg_ctl run at INFO (about 60 lines per start); its failures
+# come at ERROR with the command's whole output, and those are what a person needs.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 NO_DATABASE_MESSAGE = (
     "No Postgres is available: DATABASE_URL is not set, the `pgserver` package is not installed "
@@ -50,7 +55,11 @@ def _asyncpg_url(libpq_uri: str) -> str:
 
 def _start_pgserver(data_dir: Path) -> EmbeddedPostgres | None:
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (root in a container) and falls
+            # back to /tmp/runtime-<uid>, which serves pgserver's lock file just as well.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
+            import pgserver
     except ImportError:
         return None
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +141,14 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
     for starter in (_start_pgserver, _start_system_cluster):
         try:
             server = starter(data_dir)
+        except subprocess.CalledProcessError as exc:
+            output = "\n".join(
+                part.decode(errors="replace").strip()
+                for part in (exc.stdout, exc.stderr)
+                if isinstance(part, bytes) and part.strip()
+            )
+            logger.error("embedded postgres via %s failed: %s\n%s", starter.__name__, exc, output)
+            continue
         except Exception as exc:
             logger.warning("embedded postgres via %s failed: %s", starter.__name__, exc)
             continue

@@ -15,6 +15,7 @@ from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
+from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
@@ -66,7 +67,11 @@ def create_app(
         version="0.1.0",
         summary="Link bank accounts, deposit and withdraw dollars through Bakkt's Fiat API.",
         lifespan=lifespan,
+        # Served from the service's own files (install_docs), not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.metrics = METRICS
     app.state.schema_head = migrate.head_revision()
