@@ -46,5 +46,11 @@ fault: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/fiat-onramp bench
 
+# hadolint, yamllint, the Kubernetes manifests against the schemas, promtool (docs/operations.md);
+# installs its own tools (deploy/requirements-ops.txt into deploy/.venv, Debian's prometheus).
+.PHONY: deploy-lint
+deploy-lint:
+	bash deploy/lint.sh
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
