@@ -43,8 +43,11 @@ check: lint typecheck test
 fault: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault tests/fault
 
+# `make bench WORKERS=2` runs the service with two uvicorn workers; BENCH_ARGS passes more
+# options (`--profile`, `--driver python`, see `fiat-onramp bench --help`).
+WORKERS ?= 1
 bench: $(STAMP)
-	$(BIN)/fiat-onramp bench
+	$(BIN)/fiat-onramp bench --workers $(WORKERS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
