@@ -99,3 +99,26 @@ async def test_the_python_driver_sends_the_plan_and_reports_like_wrk(tmp_path: P
     assert result.errors == 0
     assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms <= result.max_ms
     assert result.driver_cpu_seconds > 0
+
+
+def test_the_profile_summary_counts_a_function_once_per_sample(tmp_path: Path) -> None:
+    from benchmarks.service import summarize_profile
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        'process 1:"serve";run (uvicorn/main.py:1);deposit (app/funding/router.py:10);'
+        "execute (sqlalchemy/orm/session.py:5);execute (sqlalchemy/orm/session.py:9) 3\n"
+        'process 1:"serve";run (uvicorn/main.py:1);deposit (app/funding/router.py:12) 1\n'
+    )
+    summary = summarize_profile(raw)
+    assert summary["samples"] == 4
+    total = {e["function"]: e["percent"] for e in summary["total"]}
+    # The server's frames are left out; a recursive frame counts once per sample.
+    assert total == {
+        "app/funding/router.py:deposit": 100.0,
+        "sqlalchemy/orm/session.py:execute": 75.0,
+    }
+    assert {e["function"]: e["percent"] for e in summary["self_by_package"]} == {
+        "sqlalchemy": 75.0,
+        "app": 25.0,
+    }
