@@ -131,15 +131,16 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn's workers), in MiB."""
-    total_kb = 0
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of a process and its children (uvicorn's workers), in MiB: the sum, and
+    the largest single process (with workers, the supervisor holds a copy of the imports too)."""
+    sizes = []
     for member in _tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-    return total_kb / 1024
+                    sizes.append(int(line.split()[1]) / 1024)
+    return sum(sizes), max(sizes, default=0.0)
 
 
 def cpu_seconds(pid: int) -> float:
