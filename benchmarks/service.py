@@ -361,7 +361,7 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     run = Run(args, sizes)
     started = time.time()
     load_start = os.getloadavg()
-    db = asyncio.run(create_database(DATA_DIR))
+    db = asyncio.run(create_database(DATA_DIR, embedded_only=args.postgres == "embedded"))
     run.log(f"Postgres: {db.kind}, database {db.name}; logs and plans in {run.dir}")
     try:
         figures = _execute(run, db.url)
@@ -881,6 +881,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiat-onramp bench", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
     parser.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--postgres",
+        choices=("auto", "embedded"),
+        default="auto",
+        help="auto: DATABASE_URL's server, else 127.0.0.1:5432, else embedded; embedded: a "
+        "private one even when the machine has a Postgres (one nobody else's load shares)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny phases (the smoke test)")
     parser.add_argument("--deposits", type=float, default=None, help="seconds of the deposit phase")
     parser.add_argument("--json", type=Path, default=DATA_DIR / "latest.json")

@@ -189,11 +189,16 @@ def _libpq(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-async def create_database(data_dir: Path) -> Database:
+async def create_database(data_dir: Path, *, embedded_only: bool = False) -> Database:
     """DATABASE_URL's server when it is set, else the machine's on 127.0.0.1:5432 when it
-    answers, else an embedded Postgres under `data_dir`."""
+    answers, else (or with `embedded_only`) an embedded Postgres under `data_dir`."""
     embedded = None
-    if os.environ.get("DATABASE_URL", "").strip():
+    if embedded_only:
+        from app.embedded import start_embedded_postgres
+
+        embedded = await asyncio.to_thread(start_embedded_postgres, data_dir / "postgres")
+        server, kind = _libpq(embedded.url), f"embedded ({embedded.kind})"
+    elif os.environ.get("DATABASE_URL", "").strip():
         server, kind = _libpq(os.environ["DATABASE_URL"].strip()), "DATABASE_URL"
     elif _answers("127.0.0.1", 5432):
         server, kind = "postgresql://postgres@127.0.0.1:5432/postgres", "127.0.0.1:5432"
