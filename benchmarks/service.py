@@ -79,7 +79,7 @@ class Sizes:
     webhooks: float = 8.0
     reads: float = 4.0  # each of the three kinds
     soak_requests: int = 100_000
-    soak_max_seconds: float = 50.0
+    soak_max_seconds: float = 40.0
 
 
 # The smoke test's run. A phase lasts longer than the slowest answer a loaded 2-core machine
