@@ -43,8 +43,11 @@ check: lint typecheck test
 fault: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault tests/fault
 
+# `make bench WORKERS=2` runs the service with two uvicorn workers; BENCH_ARGS passes more
+# options (`--profile`, `--driver python`, see `fiat-onramp bench --help`).
+WORKERS ?= 1
 bench: $(STAMP)
-	$(BIN)/fiat-onramp bench
+	$(BIN)/fiat-onramp bench --workers $(WORKERS) $(BENCH_ARGS)
 
 # hadolint, yamllint, the Kubernetes manifests against the schemas, promtool (docs/operations.md);
 # installs its own tools (deploy/requirements-ops.txt into deploy/.venv, Debian's prometheus).
