@@ -3,7 +3,7 @@ the setting to fix."""
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 CONNECT_TIMEOUT_SECONDS = 5.0
