@@ -331,6 +331,8 @@ class Bank:
         routing = _digits_field(body, "routingNumber", range(9, 10))
         account_type = _str_field(body, "accountType").upper()
         bank_name = body.get("bankName")
+        if bank_name is not None and not isinstance(bank_name, str):
+            raise invalid_field("bankName", bank_name, "bankName must be a string.")
         party = self.active_party(party_ref)
         # The manual endpoint has no partnerTransactionRef; the link gets a Bakkt-assigned one.
         account = BankAccount(

@@ -1,14 +1,17 @@
 """The sandbox's objects and their wire shapes (CONTRACT.md §2, §5; DECISIONS.md A5, A8)."""
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 CENT = Decimal("0.01")
+# Under 2**53 cents, so every amount is exact as a JSON number (a float) on the way back.
+MAX_AMOUNT = Decimal("999999999999.99")
 
 
 class PartyStatus(StrEnum):
@@ -109,12 +112,14 @@ def parse_amount(value: Any, field_name: str = "amount") -> Decimal:
     """A JSON number (already a Decimal when parsed with parse_float=Decimal) > 0, ≤ 2 places."""
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise invalid_field(field_name, value, "The amount must be a number.")
-    try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:  # pragma: no cover - json never yields these
-        raise invalid_field(field_name, str(value), "The amount must be a number.") from exc
+    amount = Decimal(value)
     if not amount.is_finite() or amount <= 0:
         raise invalid_field(field_name, _jsonable(amount), "The amount must be greater than 0.")
+    if amount > MAX_AMOUNT:
+        # Beyond this, cents no longer round-trip through the JSON number Bakkt answers with.
+        raise invalid_field(
+            field_name, _jsonable(amount), f"The amount must be at most {MAX_AMOUNT}."
+        )
     if amount != amount.quantize(CENT):
         raise invalid_field(
             field_name, _jsonable(amount), "The amount must have at most 2 decimal places."
@@ -122,8 +127,17 @@ def parse_amount(value: Any, field_name: str = "amount") -> Decimal:
     return amount.quantize(CENT)
 
 
-def _jsonable(amount: Decimal) -> float:
-    return float(amount)
+def _jsonable(amount: Decimal) -> float | str:
+    as_float = float(amount)
+    # 1e400 has no float: echo it as its digits rather than as the invalid JSON `Infinity`.
+    return as_float if math.isfinite(as_float) else str(amount)
+
+
+def json_default(value: Any) -> Any:
+    """Encode what parsing with `parse_float=Decimal` puts into a rejected value."""
+    if isinstance(value, Decimal):
+        return _jsonable(value) if value.is_finite() else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def money(amount: Decimal) -> float:
