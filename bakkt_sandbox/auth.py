@@ -1,4 +1,4 @@
-"""Client-credentials tokens: RS256 JWTs (CONTRACT.md §3, shared/bakkt/DECISIONS.md A1)."""
+"""Client-credentials tokens: RS256 JWTs (docs/bakkt-contract.md §3, A1)."""
 
 import base64
 import binascii

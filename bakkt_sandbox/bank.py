@@ -98,7 +98,7 @@ class _KeyRecord:
 
 @dataclass(slots=True)
 class LinkSession:
-    """A hosted bank-picker session (shared/bakkt/DECISIONS.md A2)."""
+    """A hosted bank-picker session (docs/bakkt-contract.md A2)."""
 
     id: str
     party_ref: str
@@ -230,7 +230,7 @@ class Bank:
 
     @staticmethod
     def _event(kind: str, party_ref: str, fields: dict[str, Any]) -> dict[str, Any]:
-        # Common envelope: shared/bakkt/DECISIONS.md A6.
+        # Common envelope: docs/bakkt-contract.md A6.
         return {
             "requestId": str(uuid.uuid4()),
             "partnerPartyRef": party_ref,
@@ -250,7 +250,7 @@ class Bank:
         reason_code: str | None,
         account: BankAccount | None,
     ) -> None:
-        # Assumed shape: shared/bakkt/DECISIONS.md A6 (BANK_ACCOUNT_LINK).
+        # Assumed shape: docs/bakkt-contract.md A6 (BANK_ACCOUNT_LINK).
         self._publish(
             self._event(
                 "BANK_ACCOUNT_LINK",
@@ -443,7 +443,7 @@ class Bank:
             del self._keys[key]
             return
         record.entry.request_count += 1
-        # Assumed body: shared/bakkt/DECISIONS.md A7.
+        # Assumed body: docs/bakkt-contract.md A7.
         raise ApiError(
             409,
             "IDEMPOTENCY_KEY_IN_USE",
@@ -625,8 +625,8 @@ class Bank:
         previous = tx.status
         deposit = tx.type in DEPOSIT_TYPES
         withdraw = tx.type in WITHDRAW_TYPES
-        # Balance effect: CONTRACT.md §7 (deposits sit in unsettled until COMPLETE; withdrawals
-        # leave settled on acceptance and come back if they fail).
+        # Balance effect, docs/bakkt-contract.md §7: deposits sit in unsettled until COMPLETE;
+        # withdrawals leave settled on acceptance and come back if they fail.
         if previous is TxStatus.PENDING:
             if deposit:
                 party.unsettled -= tx.amount

@@ -69,7 +69,7 @@ class SandboxSettings(BaseSettings):
     idempotency_ttl: float = Field(default=10 * 24 * 3600, gt=0)
     link_url_ttl: float = Field(default=1800.0, gt=0)
 
-    # Lifecycle timings, in business days (shared/bakkt/DECISIONS.md A5).
+    # Lifecycle timings, in business days (docs/bakkt-contract.md A5).
     ach_deposit_days: float = Field(default=3.0, ge=0)
     ach_withdraw_days: float = Field(default=0.05, ge=0)
     wire_days: float = Field(default=0.25, ge=0)

@@ -29,7 +29,8 @@ CANCEL_REASON = ("CANCELLED", "Cancelled by Bakkt")
 RETURN_BEFORE_CODE = "R01"
 RETURN_AFTER_CODE = "R10"
 
-# NACHA codes that mean the account itself is gone: the link is disabled (DECISIONS.md A6).
+# NACHA codes that mean the account itself is gone: the link is disabled
+# (docs/bakkt-contract.md A6).
 ACCOUNT_DISABLING_CODES = frozenset({"R02", "R03", "R04"})
 
 NACHA_DESCRIPTIONS: dict[str, str] = {

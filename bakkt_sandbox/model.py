@@ -1,4 +1,4 @@
-"""The sandbox's objects and their wire shapes (CONTRACT.md §2, §5; DECISIONS.md A5, A8)."""
+"""The sandbox's objects and their wire shapes (docs/bakkt-contract.md §2, §5, A5, A8)."""
 
 import functools
 import math
@@ -23,7 +23,7 @@ class PartyStatus(StrEnum):
     CLOSED = "CLOSED"
 
 
-# Assumed enums: shared/bakkt/DECISIONS.md A5.
+# Assumed enums: docs/bakkt-contract.md A5.
 class TxType(StrEnum):
     ACH_DEPOSIT = "ACH_DEPOSIT"
     ACH_WITHDRAW = "ACH_WITHDRAW"
@@ -44,7 +44,7 @@ class TxStatus(StrEnum):
     RETURNED = "RETURNED"
 
 
-# shared/bakkt/DECISIONS.md A5: the only status moves Bakkt makes.
+# docs/bakkt-contract.md A5: the only status moves Bakkt makes.
 ALLOWED_MOVES: dict[TxStatus, frozenset[TxStatus]] = {
     TxStatus.PENDING: frozenset(
         {TxStatus.COMPLETE, TxStatus.DECLINED, TxStatus.CANCELLED, TxStatus.RETURNED}
@@ -60,7 +60,7 @@ WITHDRAW_TYPES = frozenset({TxType.ACH_WITHDRAW, TxType.WIRE_WITHDRAW})
 
 
 class ApiError(Exception):
-    """A `PublicApiError` answer (CONTRACT.md §5.1) with its HTTP status (DECISIONS.md A8)."""
+    """A `PublicApiError` answer (docs/bakkt-contract.md §5.1) with its HTTP status (A8)."""
 
     def __init__(
         self,
@@ -183,7 +183,7 @@ class BankAccount:
 
 @dataclass(slots=True)
 class Transaction:
-    """The assumed Transaction object, shared/bakkt/DECISIONS.md A5."""
+    """The assumed Transaction object, docs/bakkt-contract.md A5."""
 
     party_ref: str
     ref: str

@@ -1,4 +1,4 @@
-"""The `/partner/v1` API: Bakkt's paths, bodies and status codes (CONTRACT.md §2, DECISIONS.md)."""
+"""The `/partner/v1` API: Bakkt's paths, bodies and status codes (docs/bakkt-contract.md §2)."""
 
 import asyncio
 import hashlib
@@ -200,7 +200,7 @@ async def partner_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def generate_access_token(request: web.Request) -> web.StreamResponse:
     sandbox = _sandbox(request)
     sandbox.tokens.check_basic(request.headers.get("Authorization"))
-    # shared/bakkt/DECISIONS.md A1: grant_type as a form field (the guide) or query (Postman).
+    # docs/bakkt-contract.md A1: grant_type as a form field (the guide) or query (Postman).
     grant = request.query.get("grant_type")
     if grant is None and request.content_type == "application/x-www-form-urlencoded":
         form = await request.post()
@@ -221,7 +221,7 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
 
 
 async def generate_link_url(request: web.Request) -> web.StreamResponse:
-    # Assumed operation: shared/bakkt/DECISIONS.md A2.
+    # Assumed operation: docs/bakkt-contract.md A2.
     sandbox = _sandbox(request)
     body = await read_json(request)
     session = sandbox.bank.create_link_session(_party_ref(request), body)
@@ -280,12 +280,12 @@ async def remove_fiat_account(request: web.Request) -> web.StreamResponse:
 async def transfer_fiat_currency(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _sandbox(request).bank.transfer(_party_ref(request), body)
-    # "Request Accepted" has no body (CONTRACT.md §2.8; the Postman example is text/plain).
+    # "Request Accepted" has no body (docs/bakkt-contract.md §2.8; Postman's example: text/plain).
     return web.Response(status=200, content_type="text/plain")
 
 
 async def get_transaction(request: web.Request) -> web.StreamResponse:
-    # Assumed operation: shared/bakkt/DECISIONS.md A3.
+    # Assumed operation: docs/bakkt-contract.md A3.
     tx = _sandbox(request).bank.get_transaction(
         _party_ref(request), request.match_info["partnerTransactionRef"]
     )
@@ -293,7 +293,7 @@ async def get_transaction(request: web.Request) -> web.StreamResponse:
 
 
 async def get_transactions(request: web.Request) -> web.StreamResponse:
-    # Assumed operation: shared/bakkt/DECISIONS.md A4.
+    # Assumed operation: docs/bakkt-contract.md A4.
     query = request.query
     since: int | None = None
     if "updatedSince" in query:

@@ -436,7 +436,7 @@ async def running_sandbox(
 
 
 def verify_signature(secret: str, headers: "dict[str, str] | Any", body: bytes) -> bool:
-    """The Standard Webhooks check (shared/bakkt/DECISIONS.md A6) a receiver should make."""
+    """The Standard Webhooks check (docs/bakkt-contract.md A6) a receiver should make."""
     msg_id = headers.get("webhook-id")
     timestamp = headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature")

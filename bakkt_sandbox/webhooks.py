@@ -1,5 +1,5 @@
 """Webhook delivery: Standard Webhooks signatures, at-least-once with retries, and the switches
-that make delivery misbehave on purpose (shared/bakkt/DECISIONS.md A6)."""
+that make delivery misbehave on purpose (docs/bakkt-contract.md A6)."""
 
 import asyncio
 import base64

@@ -1,4 +1,4 @@
-"""Every /partner/v1 operation and every error type it answers with (CONTRACT.md, DECISIONS.md)."""
+"""Every /partner/v1 operation and every error type it answers with (docs/bakkt-contract.md)."""
 
 import asyncio
 import base64
