@@ -93,6 +93,7 @@ class _Timer:
 @dataclass(slots=True)
 class _KeyRecord:
     entry: LedgerEntry
+    # Wall-clock seconds: Bakkt's window is real days, and a key must outlive a restart.
     expires_at: float
 
 
@@ -161,7 +162,7 @@ class Bank:
             if ref.startswith(magic.UNKNOWN_PARTY_PREFIX):
                 raise ApiError(400, "PARTY_ACCOUNT_NOT_FOUND", "Partner Party Ref not found")
             status = magic.initial_party_status(ref)
-            party = Party(ref, status, magic.DEFAULT_REASON[status])
+            party = Party(ref, status, magic.DEFAULT_REASON[status], status_changed_ms=now_ms())
             self.parties[ref] = party
         return party
 
@@ -169,7 +170,10 @@ class Bank:
         """Like `party`, but the control API may also create a party with an `unknown-` ref."""
         if ref not in self.parties and ref.startswith(magic.UNKNOWN_PARTY_PREFIX):
             self.parties[ref] = Party(
-                ref, PartyStatus.ACTIVE, magic.DEFAULT_REASON[PartyStatus.ACTIVE]
+                ref,
+                PartyStatus.ACTIVE,
+                magic.DEFAULT_REASON[PartyStatus.ACTIVE],
+                status_changed_ms=now_ms(),
             )
         return self.party(ref)
 
@@ -186,16 +190,41 @@ class Bank:
         return party
 
     def set_party_status(
-        self, ref: str, status: PartyStatus, reason_code: str | None = None
+        self,
+        ref: str,
+        status: PartyStatus | None = None,
+        reason_code: str | None = None,
+        verification_url: str | None = None,
+        verification_expiry_ms: int | None = None,
     ) -> Party:
+        """Set a party's status and reason as Bakkt's compliance would, and send the PARTY_EVENT.
+
+        Either may be left out: a known reason code implies its status (magic.REASON_STATUS), a
+        status its usual reason. Any other code is sent as given, as Bakkt may add codes.
+        """
+        if status is None:
+            status = magic.REASON_STATUS.get(reason_code or "")
+            if status is None:
+                raise ApiError(
+                    400,
+                    "INVALID_REQUEST",
+                    "status is required with a reason code that implies none",
+                    "invalid control request",
+                )
         party = self.ensure_party(ref)
         party.status = status
         party.reason_code = reason_code or magic.DEFAULT_REASON[status]
-        verification_url = None
-        verification_expiry = None
+        party.status_changed_ms = now_ms()
+        party.verification_url = None
+        party.verification_expiry_ms = None
         if party.reason_code == "DOCUMENT_VERIFICATION":
-            verification_url = f"https://verify.sandbox.bakkt.invalid/{uuid.uuid4()}"
-            verification_expiry = iso_ms(now_ms() + 7 * 24 * 3600 * 1000)
+            party.verification_url = (
+                verification_url or f"https://verify.sandbox.bakkt.invalid/{uuid.uuid4()}"
+            )
+            party.verification_expiry_ms = verification_expiry_ms or (
+                party.status_changed_ms + magic.VERIFICATION_URL_TTL_MS
+            )
+        expiry = party.verification_expiry_ms
         self._publish(
             self._event(
                 "PARTY_EVENT",
@@ -203,8 +232,8 @@ class Bank:
                 {
                     "partyStatus": status.value,
                     "reasonCode": party.reason_code,
-                    "verificationURL": verification_url,
-                    "verificationURLExpiry": verification_expiry,
+                    "verificationURL": party.verification_url,
+                    "verificationURLExpiry": iso_ms(expiry) if expiry is not None else None,
                 },
             )
         )
@@ -269,6 +298,11 @@ class Bank:
     # -- linking ------------------------------------------------------------------------------
 
     def link(self, party: Party, account: BankAccount) -> None:
+        account.linked_ms = now_ms()
+        if party.bank_account is not None:
+            # Superseded, not unlinked: Bakkt keeps one account per party and says nothing
+            # about the old one (docs/bakkt-contract.md A6 lists no event for it).
+            party.replaced_accounts.append(party.bank_account)
         party.bank_account = account
         self._link_event(party.ref, account.link_ref, "LINKED", None, account)
 
@@ -320,10 +354,16 @@ class Bank:
         account = BankAccount(
             link_ref, "Sandbox National Bank", account_number[-4:], account_type, routing, "ach"
         )
+        outcome = magic.ach_account_outcome(account_number) if self.settings.magic_values else None
         if self.settings.magic_values and routing == magic.UNSUPPORTED_ROUTING_NUMBER:
             account.bank_name = "Unsupported Savings & Loan"
             self.link_failed(party, link_ref, "UNSUPPORTED_FINANCIAL_INSTITUTION", account)
             return
+        if outcome is magic.AchAccountOutcome.FAIL:
+            self.link_failed(party, link_ref, magic.ACH_LINK_FAILURE_REASON, account)
+            return
+        if outcome is magic.AchAccountOutcome.RETURN_FIRST_DEPOSIT:
+            account.return_first_deposit = magic.ACH_FIRST_DEPOSIT_RETURN_CODE
         self.link(party, account)
 
     def manual_link(self, party_ref: str, body: dict[str, Any]) -> None:
@@ -427,19 +467,33 @@ class Bank:
             party_ref, ref, tx_type, amount, TxStatus.PENDING, ts, ts, idempotency_key=key
         )
         self._create(party, tx)
-        entry = LedgerEntry(tx, key, direction, instrument)
+        account = party.bank_account if instrument == "ACH" else None
+        entry = LedgerEntry(
+            tx, key, direction, instrument, bank_account_ref=account.link_ref if account else None
+        )
         self.ledger.append(entry)
         # Only accepted transfers are remembered: a 4xx leaves the key free for a corrected retry,
         # as the guide says Bakkt saves "the first successful request" per key.
-        self._keys[key] = _KeyRecord(entry, time.monotonic() + self.settings.idempotency_ttl)
-        self._plan(tx)
+        self._keys[key] = _KeyRecord(entry, time.time() + self.settings.idempotency_ttl)
+        if account is not None and direction == "DEPOSIT" and account.return_first_deposit:
+            code, account.return_first_deposit = account.return_first_deposit, None
+            settle = self.settings.ach_deposit_days
+            self._schedule(
+                tx,
+                min(self.settings.return_days, settle / 2),
+                TxStatus.RETURNED,
+                code,
+                magic.NACHA_DESCRIPTIONS[code],
+            )
+        else:
+            self._plan(tx)
         return entry
 
     def _check_key(self, key: str) -> None:
         record = self._keys.get(key)
         if record is None:
             return
-        if record.expires_at <= time.monotonic():
+        if record.expires_at <= time.time():
             del self._keys[key]
             return
         record.entry.request_count += 1
@@ -453,7 +507,7 @@ class Bank:
         )
 
     def sweep_keys(self) -> None:
-        now = time.monotonic()
+        now = time.time()
         for key in [k for k, r in self._keys.items() if r.expires_at <= now]:
             del self._keys[key]
 

@@ -179,6 +179,19 @@ class BankAccount:
     account_type: str
     routing_number: str
     source: str  # "plaid", "ach", "manual", "hosted"
+    linked_ms: int = 0
+    # Magic account number: the first ACH deposit on this account returns with this NACHA code.
+    return_first_deposit: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partnerTransactionRef": self.link_ref,
+            "bankName": self.bank_name,
+            "accountMask": self.account_mask,
+            "accountType": self.account_type,
+            "source": self.source,
+            "linkedAt": iso_ms(self.linked_ms),
+        }
 
 
 @dataclass(slots=True)
@@ -222,8 +235,14 @@ class Party:
     reason_code: str | None
     settled: Decimal = Decimal("0.00")
     unsettled: Decimal = Decimal("0.00")
+    # Bakkt keeps one bank account per party: a new link replaces the current one, `/transfer`
+    # names none and unlink acts on the current one. Replaced ones are kept only for inspection.
     bank_account: BankAccount | None = None
+    replaced_accounts: list[BankAccount] = field(default_factory=list)
     transactions: dict[str, Transaction] = field(default_factory=dict)
+    status_changed_ms: int = 0
+    verification_url: str | None = None
+    verification_expiry_ms: int | None = None
 
     def balance_json(self) -> dict[str, Any]:
         return {
@@ -243,6 +262,8 @@ class LedgerEntry:
     fiat_transact_type: str
     instrument_type: str
     request_count: int = 1
+    # The link Bakkt moves the money through (ACH only): the party's current account then.
+    bank_account_ref: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         tx = self.transaction
@@ -257,6 +278,7 @@ class LedgerEntry:
             "fiatTransactionType": tx.type.value,
             "status": tx.status.value,
             "requestCount": self.request_count,
+            "bankAccountRef": self.bank_account_ref,
             "createdAt": iso_ms(tx.created_ms),
             "updatedAt": iso_ms(tx.updated_ms),
         }

@@ -345,6 +345,15 @@ async def get_fiat_account_balance(request: web.Request) -> web.StreamResponse:
 
 async def get_kyc_document_verification_details(request: web.Request) -> web.StreamResponse:
     party = _sandbox(request).bank.party(_party_ref(request))
+    if party.verification_url is not None and party.verification_expiry_ms is not None:
+        # The URL the last DOCUMENT_VERIFICATION PARTY_EVENT carried, as long as it is valid.
+        if party.verification_expiry_ms > now_ms():
+            return json_response(
+                {
+                    "verificationURL": party.verification_url,
+                    "verificationURLExpiry": iso_ms(party.verification_expiry_ms),
+                }
+            )
     token = hashlib.sha256(party.ref.encode()).hexdigest()[:24]
     return json_response(
         {
