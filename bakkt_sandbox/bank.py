@@ -75,6 +75,15 @@ class BusinessClock:
             return None
         return max(0.0, (day - self.now()) * self._scale)
 
+    def restore(self, days: float) -> None:
+        """Resume at `days`: business time does not pass while the sandbox is stopped."""
+        self._anchor_days = days
+        self._anchor_real = time.monotonic()
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
     def to_json(self) -> dict[str, Any]:
         return {"businessDays": self.now(), "timeScale": self._scale, "frozen": self._scale <= 0}
 
@@ -142,6 +151,8 @@ class Bank:
         self._publish = publish
         self._wake = asyncio.Event()
         self._seq = itertools.count()
+        # Bumped by every request and every planned move, so a state store knows to save.
+        self.revision = 0
         self.reset()
 
     def reset(self) -> None:
@@ -602,7 +613,42 @@ class Bank:
                 continue
             self._move(tx, timer.status, timer.reason_code, timer.reason_description)
             ran += 1
+        if ran:
+            self.revision += 1
         return ran
+
+    # -- what a state store saves and restores (bakkt_sandbox/persistence.py) -----------------
+
+    def key_records(self) -> list[tuple[str, LedgerEntry, float]]:
+        """Live idempotency keys: key, the accepted transfer, wall-clock expiry."""
+        return [(key, r.entry, r.expires_at) for key, r in self._keys.items()]
+
+    def restore_key(self, key: str, entry: LedgerEntry, expires_at: float) -> None:
+        self._keys[key] = _KeyRecord(entry, expires_at)
+
+    def planned_moves(
+        self,
+    ) -> list[tuple[float, Transaction, int, TxStatus, str | None, str | None]]:
+        """Moves still to come, in due order: due day, transaction, plan version, status, reason."""
+        return [
+            (t.due, t.tx, t.version, t.status, t.reason_code, t.reason_description)
+            for t in sorted(self._timers)
+        ]
+
+    def restore_move(
+        self,
+        due: float,
+        tx: Transaction,
+        version: int,
+        status: TxStatus,
+        reason_code: str | None,
+        reason_description: str | None,
+    ) -> None:
+        heapq.heappush(
+            self._timers,
+            _Timer(due, next(self._seq), tx, version, status, reason_code, reason_description),
+        )
+        self._wake.set()
 
     def advance(self, days: float) -> int:
         self.clock.advance(days)
