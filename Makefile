@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev serve sandbox migrate test lint typecheck check fault bench clean
+.PHONY: install dev reset serve sandbox migrate test lint typecheck check fault bench clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/fiat-onramp dev
+
+# Forget the embedded database and the sandbox's state together, then start afresh.
+reset: $(STAMP)
+	$(BIN)/fiat-onramp dev --reset
 
 serve: $(STAMP)
 	$(BIN)/fiat-onramp serve

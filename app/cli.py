@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from app.serving import uvicorn_options
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
 DATA_DIR = Path(".data")
+SANDBOX_STATE_DIR = DATA_DIR / "sandbox"
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -115,24 +117,36 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
         engine = create_engine(settings)
         await migrate.upgrade_async(engine)
         await engine.dispose()
-        tasks: list[asyncio.Task[None]] = []
+        sandbox_server = None
         if not args.no_sandbox:
             from bakkt_sandbox.config import SandboxSettings
-            from bakkt_sandbox.server import serve as serve_sandbox
+            from bakkt_sandbox.persistence import SnapshotError
+            from bakkt_sandbox.server import SandboxServer
 
             sandbox_settings = SandboxSettings()
+            update: dict[str, object] = {}
             if "SANDBOX_WEBHOOK_URL" not in os.environ:
                 # The sandbox sends its webhooks to this service, wherever --port put it.
-                sandbox_settings = sandbox_settings.model_copy(
-                    update={"webhook_url": f"http://127.0.0.1:{args.port}/webhooks/bakkt"}
-                )
-            tasks.append(
-                asyncio.create_task(serve_sandbox(args.host, args.sandbox_port, sandbox_settings))
-            )
+                update["webhook_url"] = f"http://127.0.0.1:{args.port}/webhooks/bakkt"
+            if "SANDBOX_STATE_DIR" not in os.environ:
+                # Bakkt's PTR keeps its state while ours restarts; so does the sandbox, beside
+                # the embedded database, or the two would describe different worlds.
+                update["state_dir"] = SANDBOX_STATE_DIR
+            sandbox_settings = sandbox_settings.model_copy(update=update)
+            try:
+                sandbox_server = SandboxServer(sandbox_settings, args.host, args.sandbox_port)
+            except SnapshotError as exc:
+                print(str(exc), file=sys.stderr)
+                raise SystemExit(2) from exc
+            # Started before the service, so the service's first Bakkt call finds it listening.
+            await sandbox_server.start()
             settings = settings.model_copy(
                 update={"bakkt_base_url": f"http://127.0.0.1:{args.sandbox_port}"}
             )
-            print(f"Bakkt sandbox on http://{args.host}:{args.sandbox_port}")
+            print(
+                f"Bakkt sandbox on http://{args.host}:{args.sandbox_port} "
+                f"with its state under {sandbox_settings.state_dir or '(memory)'}"
+            )
         config = uvicorn.Config(
             create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings)
         )
@@ -141,27 +155,79 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
         try:
             await server.serve()
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if sandbox_server is not None:
+                # Its shutdown writes the last snapshot.
+                await sandbox_server.stop()
     finally:
         if embedded is not None:
             embedded.stop()
 
 
+def _postgres_running(data_dir: Path) -> bool:
+    """A live postmaster owns `data_dir` (a stale postmaster.pid after a crash does not count)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reset_dev_state(settings: Settings, data_dir: Path = DATA_DIR) -> list[Path]:
+    """Forget the embedded database and the sandbox's state together; what was removed.
+
+    Together or not at all: clearing one side only would leave the service and the sandbox
+    describing different worlds, which is what keeping the sandbox's state is for.
+    """
+    if settings.database_url:
+        raise SystemExit(
+            "--reset clears the embedded database under .data/, but DATABASE_URL is set: that "
+            "database would stay as it is while the sandbox forgets everything. Unset "
+            "DATABASE_URL, or clear that database and .data/sandbox yourself."
+        )
+    postgres = data_dir / "postgres"
+    if _postgres_running(postgres):
+        raise SystemExit(f"{postgres} is in use by a running Postgres: stop `make dev` first")
+    sandbox_dir = data_dir / "sandbox"
+    if "SANDBOX_STATE_DIR" in os.environ:
+        sandbox_dir = Path(os.environ["SANDBOX_STATE_DIR"])
+    removed = []
+    for path in (postgres, sandbox_dir):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     settings = get_settings()
     _configure_logging(settings)
+    if args.reset:
+        removed = reset_dev_state(settings)
+        print("cleared " + (", ".join(map(str, removed)) or "nothing (no state yet)"))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_dev(args, settings))
     return 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
+    from bakkt_sandbox.config import SandboxSettings
+    from bakkt_sandbox.persistence import SnapshotError
     from bakkt_sandbox.server import run
 
-    run(host=args.host, port=args.port)
+    settings = SandboxSettings()
+    if args.state_dir is not None:
+        settings = settings.model_copy(update={"state_dir": args.state_dir})
+    try:
+        run(host=args.host, port=args.port, settings=settings)
+    except SnapshotError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     return 0
 
 
@@ -265,11 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--sandbox-port", type=int, default=8081)
     dev.add_argument("--no-sandbox", action="store_true")
+    dev.add_argument(
+        "--reset",
+        action="store_true",
+        help="first forget the embedded database and the sandbox's state (.data/), together",
+    )
     dev.set_defaults(func=cmd_dev)
 
     sandbox = sub.add_parser("sandbox", help="run the local Bakkt sandbox")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8081)
+    sandbox.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="keep the state across restarts in a snapshot here (default: in memory only)",
+    )
     sandbox.set_defaults(func=cmd_sandbox)
 
     token = sub.add_parser("token", help="print a development consumer token (HS256 secret)")

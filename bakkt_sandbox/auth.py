@@ -1,4 +1,4 @@
-"""Client-credentials tokens: RS256 JWTs (CONTRACT.md §3, shared/bakkt/DECISIONS.md A1)."""
+"""Client-credentials tokens: RS256 JWTs (docs/bakkt-contract.md §3, A1)."""
 
 import base64
 import binascii
@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -103,6 +104,22 @@ class TokenIssuer:
         exp = int(claims["exp"])
         self._verified[token] = exp
         return exp
+
+    def signing_key_pem(self) -> str:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+
+    def restore(self, signing_key_pem: str, generation: int) -> None:
+        """Sign and check with a kept key, so tokens issued before a restart stay valid."""
+        key = serialization.load_pem_private_key(signing_key_pem.encode(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("the kept signing key is not an RSA key")
+        self._key = key
+        self.generation = generation
+        self._verified.clear()
 
     def expire_all(self) -> None:
         self.generation += 1

@@ -75,6 +75,15 @@ class BusinessClock:
             return None
         return max(0.0, (day - self.now()) * self._scale)
 
+    def restore(self, days: float) -> None:
+        """Resume at `days`: business time does not pass while the sandbox is stopped."""
+        self._anchor_days = days
+        self._anchor_real = time.monotonic()
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
     def to_json(self) -> dict[str, Any]:
         return {"businessDays": self.now(), "timeScale": self._scale, "frozen": self._scale <= 0}
 
@@ -93,12 +102,13 @@ class _Timer:
 @dataclass(slots=True)
 class _KeyRecord:
     entry: LedgerEntry
+    # Wall-clock seconds: Bakkt's window is real days, and a key must outlive a restart.
     expires_at: float
 
 
 @dataclass(slots=True)
 class LinkSession:
-    """A hosted bank-picker session (shared/bakkt/DECISIONS.md A2)."""
+    """A hosted bank-picker session (docs/bakkt-contract.md A2)."""
 
     id: str
     party_ref: str
@@ -141,6 +151,8 @@ class Bank:
         self._publish = publish
         self._wake = asyncio.Event()
         self._seq = itertools.count()
+        # Bumped by every request and every planned move, so a state store knows to save.
+        self.revision = 0
         self.reset()
 
     def reset(self) -> None:
@@ -161,7 +173,7 @@ class Bank:
             if ref.startswith(magic.UNKNOWN_PARTY_PREFIX):
                 raise ApiError(400, "PARTY_ACCOUNT_NOT_FOUND", "Partner Party Ref not found")
             status = magic.initial_party_status(ref)
-            party = Party(ref, status, magic.DEFAULT_REASON[status])
+            party = Party(ref, status, magic.DEFAULT_REASON[status], status_changed_ms=now_ms())
             self.parties[ref] = party
         return party
 
@@ -169,7 +181,10 @@ class Bank:
         """Like `party`, but the control API may also create a party with an `unknown-` ref."""
         if ref not in self.parties and ref.startswith(magic.UNKNOWN_PARTY_PREFIX):
             self.parties[ref] = Party(
-                ref, PartyStatus.ACTIVE, magic.DEFAULT_REASON[PartyStatus.ACTIVE]
+                ref,
+                PartyStatus.ACTIVE,
+                magic.DEFAULT_REASON[PartyStatus.ACTIVE],
+                status_changed_ms=now_ms(),
             )
         return self.party(ref)
 
@@ -186,16 +201,41 @@ class Bank:
         return party
 
     def set_party_status(
-        self, ref: str, status: PartyStatus, reason_code: str | None = None
+        self,
+        ref: str,
+        status: PartyStatus | None = None,
+        reason_code: str | None = None,
+        verification_url: str | None = None,
+        verification_expiry_ms: int | None = None,
     ) -> Party:
+        """Set a party's status and reason as Bakkt's compliance would, and send the PARTY_EVENT.
+
+        Either may be left out: a known reason code implies its status (magic.REASON_STATUS), a
+        status its usual reason. Any other code is sent as given, as Bakkt may add codes.
+        """
+        if status is None:
+            status = magic.REASON_STATUS.get(reason_code or "")
+            if status is None:
+                raise ApiError(
+                    400,
+                    "INVALID_REQUEST",
+                    "status is required with a reason code that implies none",
+                    "invalid control request",
+                )
         party = self.ensure_party(ref)
         party.status = status
         party.reason_code = reason_code or magic.DEFAULT_REASON[status]
-        verification_url = None
-        verification_expiry = None
+        party.status_changed_ms = now_ms()
+        party.verification_url = None
+        party.verification_expiry_ms = None
         if party.reason_code == "DOCUMENT_VERIFICATION":
-            verification_url = f"https://verify.sandbox.bakkt.invalid/{uuid.uuid4()}"
-            verification_expiry = iso_ms(now_ms() + 7 * 24 * 3600 * 1000)
+            party.verification_url = (
+                verification_url or f"https://verify.sandbox.bakkt.invalid/{uuid.uuid4()}"
+            )
+            party.verification_expiry_ms = verification_expiry_ms or (
+                party.status_changed_ms + magic.VERIFICATION_URL_TTL_MS
+            )
+        expiry = party.verification_expiry_ms
         self._publish(
             self._event(
                 "PARTY_EVENT",
@@ -203,8 +243,8 @@ class Bank:
                 {
                     "partyStatus": status.value,
                     "reasonCode": party.reason_code,
-                    "verificationURL": verification_url,
-                    "verificationURLExpiry": verification_expiry,
+                    "verificationURL": party.verification_url,
+                    "verificationURLExpiry": iso_ms(expiry) if expiry is not None else None,
                 },
             )
         )
@@ -230,7 +270,7 @@ class Bank:
 
     @staticmethod
     def _event(kind: str, party_ref: str, fields: dict[str, Any]) -> dict[str, Any]:
-        # Common envelope: shared/bakkt/DECISIONS.md A6.
+        # Common envelope: docs/bakkt-contract.md A6.
         return {
             "requestId": str(uuid.uuid4()),
             "partnerPartyRef": party_ref,
@@ -250,7 +290,7 @@ class Bank:
         reason_code: str | None,
         account: BankAccount | None,
     ) -> None:
-        # Assumed shape: shared/bakkt/DECISIONS.md A6 (BANK_ACCOUNT_LINK).
+        # Assumed shape: docs/bakkt-contract.md A6 (BANK_ACCOUNT_LINK).
         self._publish(
             self._event(
                 "BANK_ACCOUNT_LINK",
@@ -269,6 +309,11 @@ class Bank:
     # -- linking ------------------------------------------------------------------------------
 
     def link(self, party: Party, account: BankAccount) -> None:
+        account.linked_ms = now_ms()
+        if party.bank_account is not None:
+            # Superseded, not unlinked: Bakkt keeps one account per party and says nothing
+            # about the old one (docs/bakkt-contract.md A6 lists no event for it).
+            party.replaced_accounts.append(party.bank_account)
         party.bank_account = account
         self._link_event(party.ref, account.link_ref, "LINKED", None, account)
 
@@ -320,10 +365,16 @@ class Bank:
         account = BankAccount(
             link_ref, "Sandbox National Bank", account_number[-4:], account_type, routing, "ach"
         )
+        outcome = magic.ach_account_outcome(account_number) if self.settings.magic_values else None
         if self.settings.magic_values and routing == magic.UNSUPPORTED_ROUTING_NUMBER:
             account.bank_name = "Unsupported Savings & Loan"
             self.link_failed(party, link_ref, "UNSUPPORTED_FINANCIAL_INSTITUTION", account)
             return
+        if outcome is magic.AchAccountOutcome.FAIL:
+            self.link_failed(party, link_ref, magic.ACH_LINK_FAILURE_REASON, account)
+            return
+        if outcome is magic.AchAccountOutcome.RETURN_FIRST_DEPOSIT:
+            account.return_first_deposit = magic.ACH_FIRST_DEPOSIT_RETURN_CODE
         self.link(party, account)
 
     def manual_link(self, party_ref: str, body: dict[str, Any]) -> None:
@@ -331,6 +382,8 @@ class Bank:
         routing = _digits_field(body, "routingNumber", range(9, 10))
         account_type = _str_field(body, "accountType").upper()
         bank_name = body.get("bankName")
+        if bank_name is not None and not isinstance(bank_name, str):
+            raise invalid_field("bankName", bank_name, "bankName must be a string.")
         party = self.active_party(party_ref)
         # The manual endpoint has no partnerTransactionRef; the link gets a Bakkt-assigned one.
         account = BankAccount(
@@ -425,23 +478,37 @@ class Bank:
             party_ref, ref, tx_type, amount, TxStatus.PENDING, ts, ts, idempotency_key=key
         )
         self._create(party, tx)
-        entry = LedgerEntry(tx, key, direction, instrument)
+        account = party.bank_account if instrument == "ACH" else None
+        entry = LedgerEntry(
+            tx, key, direction, instrument, bank_account_ref=account.link_ref if account else None
+        )
         self.ledger.append(entry)
         # Only accepted transfers are remembered: a 4xx leaves the key free for a corrected retry,
         # as the guide says Bakkt saves "the first successful request" per key.
-        self._keys[key] = _KeyRecord(entry, time.monotonic() + self.settings.idempotency_ttl)
-        self._plan(tx)
+        self._keys[key] = _KeyRecord(entry, time.time() + self.settings.idempotency_ttl)
+        if account is not None and direction == "DEPOSIT" and account.return_first_deposit:
+            code, account.return_first_deposit = account.return_first_deposit, None
+            settle = self.settings.ach_deposit_days
+            self._schedule(
+                tx,
+                min(self.settings.return_days, settle / 2),
+                TxStatus.RETURNED,
+                code,
+                magic.NACHA_DESCRIPTIONS[code],
+            )
+        else:
+            self._plan(tx)
         return entry
 
     def _check_key(self, key: str) -> None:
         record = self._keys.get(key)
         if record is None:
             return
-        if record.expires_at <= time.monotonic():
+        if record.expires_at <= time.time():
             del self._keys[key]
             return
         record.entry.request_count += 1
-        # Assumed body: shared/bakkt/DECISIONS.md A7.
+        # Assumed body: docs/bakkt-contract.md A7.
         raise ApiError(
             409,
             "IDEMPOTENCY_KEY_IN_USE",
@@ -451,7 +518,7 @@ class Bank:
         )
 
     def sweep_keys(self) -> None:
-        now = time.monotonic()
+        now = time.time()
         for key in [k for k, r in self._keys.items() if r.expires_at <= now]:
             del self._keys[key]
 
@@ -546,7 +613,42 @@ class Bank:
                 continue
             self._move(tx, timer.status, timer.reason_code, timer.reason_description)
             ran += 1
+        if ran:
+            self.revision += 1
         return ran
+
+    # -- what a state store saves and restores (bakkt_sandbox/persistence.py) -----------------
+
+    def key_records(self) -> list[tuple[str, LedgerEntry, float]]:
+        """Live idempotency keys: key, the accepted transfer, wall-clock expiry."""
+        return [(key, r.entry, r.expires_at) for key, r in self._keys.items()]
+
+    def restore_key(self, key: str, entry: LedgerEntry, expires_at: float) -> None:
+        self._keys[key] = _KeyRecord(entry, expires_at)
+
+    def planned_moves(
+        self,
+    ) -> list[tuple[float, Transaction, int, TxStatus, str | None, str | None]]:
+        """Moves still to come, in due order: due day, transaction, plan version, status, reason."""
+        return [
+            (t.due, t.tx, t.version, t.status, t.reason_code, t.reason_description)
+            for t in sorted(self._timers)
+        ]
+
+    def restore_move(
+        self,
+        due: float,
+        tx: Transaction,
+        version: int,
+        status: TxStatus,
+        reason_code: str | None,
+        reason_description: str | None,
+    ) -> None:
+        heapq.heappush(
+            self._timers,
+            _Timer(due, next(self._seq), tx, version, status, reason_code, reason_description),
+        )
+        self._wake.set()
 
     def advance(self, days: float) -> int:
         self.clock.advance(days)
@@ -623,8 +725,8 @@ class Bank:
         previous = tx.status
         deposit = tx.type in DEPOSIT_TYPES
         withdraw = tx.type in WITHDRAW_TYPES
-        # Balance effect: CONTRACT.md §7 (deposits sit in unsettled until COMPLETE; withdrawals
-        # leave settled on acceptance and come back if they fail).
+        # Balance effect, docs/bakkt-contract.md §7: deposits sit in unsettled until COMPLETE;
+        # withdrawals leave settled on acceptance and come back if they fail.
         if previous is TxStatus.PENDING:
             if deposit:
                 party.unsettled -= tx.amount

@@ -4,6 +4,7 @@ The development defaults equal the service's, so `fiat-onramp dev` works with no
 """
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -69,7 +70,7 @@ class SandboxSettings(BaseSettings):
     idempotency_ttl: float = Field(default=10 * 24 * 3600, gt=0)
     link_url_ttl: float = Field(default=1800.0, gt=0)
 
-    # Lifecycle timings, in business days (shared/bakkt/DECISIONS.md A5).
+    # Lifecycle timings, in business days (docs/bakkt-contract.md A5).
     ach_deposit_days: float = Field(default=3.0, ge=0)
     ach_withdraw_days: float = Field(default=0.05, ge=0)
     wire_days: float = Field(default=0.25, ge=0)
@@ -92,3 +93,9 @@ class SandboxSettings(BaseSettings):
 
     faults: list[FaultSpec] = Field(default_factory=list)
     fault_seed: int = 0
+
+    # Keep the state across restarts in a snapshot under this directory (persistence.py); unset
+    # keeps it in memory only, as tests want. `fiat-onramp dev` sets it to .data/sandbox.
+    state_dir: Path | None = None
+    # How often a changed state is written (seconds); it is also written on shutdown.
+    state_save_interval: float = Field(default=1.0, gt=0)

@@ -2,15 +2,16 @@
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, model_validator
 
 from bakkt_sandbox.config import CamelModel, FaultSpec, WebhookModes
 from bakkt_sandbox.magic import NACHA_DESCRIPTIONS
-from bakkt_sandbox.model import ApiError, PartyStatus, TxStatus, money, parse_amount
+from bakkt_sandbox.model import ApiError, PartyStatus, TxStatus, iso_ms, money, parse_amount
 from bakkt_sandbox.partner_api import error_response, json_response, read_json
 from bakkt_sandbox.runtime import SANDBOX, Sandbox
 
@@ -34,8 +35,32 @@ class MoveRequest(CamelModel):
 
 
 class StatusRequest(CamelModel):
-    status: PartyStatus
-    reason_code: str | None = None
+    status: PartyStatus | None = None
+    # Any code, known to the guide or not: Bakkt may send codes it has not published.
+    reason_code: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^\S+$")
+    verification_url: str | None = Field(
+        default=None,
+        alias="verificationURL",
+        validation_alias=AliasChoices("verificationURL", "verificationUrl"),
+        pattern=r"^https?://\S+$",
+        max_length=2048,
+    )
+    verification_url_expiry: datetime | None = Field(
+        default=None,
+        alias="verificationURLExpiry",
+        validation_alias=AliasChoices("verificationURLExpiry", "verificationUrlExpiry"),
+    )
+
+    @model_validator(mode="after")
+    def _url_needs_document_verification(self) -> "StatusRequest":
+        wants_url = self.verification_url is not None or self.verification_url_expiry is not None
+        if wants_url and self.reason_code != "DOCUMENT_VERIFICATION":
+            raise ValueError("verificationURL goes only with reasonCode DOCUMENT_VERIFICATION")
+        if self.verification_url_expiry is not None and (
+            self.verification_url_expiry.tzinfo is None
+        ):
+            raise ValueError("verificationURLExpiry needs a UTC offset")
+        return self
 
 
 class WireRequest(CamelModel):
@@ -226,22 +251,19 @@ async def move_transaction(request: web.Request, sb: Sandbox) -> web.StreamRespo
 def _party_json(sb: Sandbox, ref: str) -> dict[str, Any]:
     party = sb.bank.ensure_party(ref)
     account = party.bank_account
+    expiry = party.verification_expiry_ms
     return {
         "partnerPartyRef": party.ref,
         "partyStatus": party.status.value,
         "reasonCode": party.reason_code,
+        "statusChangedAt": iso_ms(party.status_changed_ms),
+        "verificationURL": party.verification_url,
+        "verificationURLExpiry": iso_ms(expiry) if expiry is not None else None,
         "settledAmount": money(party.settled),
         "unsettledAmount": money(party.unsettled),
         "wireReferenceNumber": sb.bank.wire_reference(party.ref),
-        "bankAccount": None
-        if account is None
-        else {
-            "partnerTransactionRef": account.link_ref,
-            "bankName": account.bank_name,
-            "accountMask": account.account_mask,
-            "accountType": account.account_type,
-            "source": account.source,
-        },
+        "bankAccount": None if account is None else account.to_json(),
+        "replacedBankAccounts": [a.to_json() for a in party.replaced_accounts],
         "transactions": len(party.transactions),
     }
 
@@ -253,7 +275,12 @@ async def get_party(request: web.Request, sb: Sandbox) -> web.StreamResponse:
 async def set_party_status(request: web.Request, sb: Sandbox) -> web.StreamResponse:
     body = await _parse(request, StatusRequest)
     ref = request.match_info["partnerPartyRef"]
-    sb.bank.set_party_status(ref, body.status, body.reason_code)
+    expiry = body.verification_url_expiry
+    try:
+        expiry_ms = None if expiry is None else int(expiry.timestamp() * 1000)
+    except (OverflowError, ValueError) as exc:
+        raise _bad_request("verificationURLExpiry is out of range") from exc
+    sb.bank.set_party_status(ref, body.status, body.reason_code, body.verification_url, expiry_ms)
     return json_response(_party_json(sb, ref))
 
 

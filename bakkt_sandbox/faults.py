@@ -7,7 +7,7 @@ from typing import Any
 
 from bakkt_sandbox.config import FaultSpec
 
-# operationIds of the OpenAPI files, plus the assumed operations of shared/bakkt/DECISIONS.md.
+# operationIds of the OpenAPI files, plus the assumed operations of docs/bakkt-contract.md A2-A4.
 OPERATIONS = (
     "generateAccessToken",
     "heartbeat",

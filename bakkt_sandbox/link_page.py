@@ -1,4 +1,4 @@
-"""The hosted bank-picker page behind a link URL (shared/bakkt/DECISIONS.md A2)."""
+"""The hosted bank-picker page behind a link URL (docs/bakkt-contract.md A2)."""
 
 from html import escape
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit

@@ -29,7 +29,8 @@ CANCEL_REASON = ("CANCELLED", "Cancelled by Bakkt")
 RETURN_BEFORE_CODE = "R01"
 RETURN_AFTER_CODE = "R10"
 
-# NACHA codes that mean the account itself is gone: the link is disabled (DECISIONS.md A6).
+# NACHA codes that mean the account itself is gone: the link is disabled
+# (docs/bakkt-contract.md A6).
 ACCOUNT_DISABLING_CODES = frozenset({"R02", "R03", "R04"})
 
 NACHA_DESCRIPTIONS: dict[str, str] = {
@@ -109,3 +110,47 @@ def processor_token_outcome(token: str) -> TokenOutcome:
 
 # An ACH link with this routing number is accepted, then fails as an unsupported bank.
 UNSUPPORTED_ROUTING_NUMBER = "999999999"
+
+
+class AchAccountOutcome(StrEnum):
+    LINKED = "LINKED"
+    FAIL = "FAIL"
+    RETURN_FIRST_DEPOSIT = "RETURN_FIRST_DEPOSIT"
+
+
+# Account numbers of `POST …/bankAccountLinking/ach` (linkBankAccountAchAsync): each answers
+# 200, then its BANK_ACCOUNT_LINK webhook says FAILED, or LINKED; with the last, the first ACH
+# deposit on the account returns R03 ("no account"), which also unlinks it. Any other account
+# number links.
+ACH_ACCOUNT_NUMBERS: dict[str, AchAccountOutcome] = {
+    "99990001": AchAccountOutcome.FAIL,
+    "99990000": AchAccountOutcome.LINKED,
+    "99990003": AchAccountOutcome.RETURN_FIRST_DEPOSIT,
+}
+ACH_LINK_FAILURE_REASON = "ACCOUNT_VERIFICATION_FAILED"
+ACH_FIRST_DEPOSIT_RETURN_CODE = "R03"
+
+
+def ach_account_outcome(account_number: str) -> AchAccountOutcome:
+    return ACH_ACCOUNT_NUMBERS.get(account_number, AchAccountOutcome.LINKED)
+
+
+# Bakkt's guide's PARTY_EVENT reason codes (docs/bakkt-contract.md §4.3) and the status each
+# implies when a control request names only the reason. The guide pairs none of them with a
+# status; these are the plausible pairings of §4.3.
+REASON_STATUS: dict[str, PartyStatus] = {
+    "ACCOUNT_CLOSURE_REQUESTED": PartyStatus.CLOSED,
+    "MAX_ACH_RETURNS": PartyStatus.SUSPENDED,
+    "COMPLIANCE_LOCKED": PartyStatus.SUSPENDED,
+    "LIQUIDATE_ACCOUNT": PartyStatus.LIQUIDATED,
+    "OTHER": PartyStatus.SUSPENDED,
+    "TAX_ID_MAX_RETRIES": PartyStatus.SUSPENDED,
+    "CLOSED": PartyStatus.CLOSED,
+    "ENROLLMENT": PartyStatus.ACTIVE,
+    "RISK_KYC": PartyStatus.UNDER_REVIEW,
+    "RISK_OFAC": PartyStatus.UNDER_REVIEW,
+    "PENDING_REVIEW": PartyStatus.UNDER_REVIEW,
+    "DOCUMENT_VERIFICATION": PartyStatus.UNDER_REVIEW,
+}
+# How long a document-verification URL stays valid when the control request sets no expiry.
+VERIFICATION_URL_TTL_MS = 7 * 24 * 3600 * 1000

@@ -1,14 +1,17 @@
-"""The sandbox's objects and their wire shapes (CONTRACT.md §2, §5; DECISIONS.md A5, A8)."""
+"""The sandbox's objects and their wire shapes (docs/bakkt-contract.md §2, §5, A5, A8)."""
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 CENT = Decimal("0.01")
+# Under 2**53 cents, so every amount is exact as a JSON number (a float) on the way back.
+MAX_AMOUNT = Decimal("999999999999.99")
 
 
 class PartyStatus(StrEnum):
@@ -20,7 +23,7 @@ class PartyStatus(StrEnum):
     CLOSED = "CLOSED"
 
 
-# Assumed enums: shared/bakkt/DECISIONS.md A5.
+# Assumed enums: docs/bakkt-contract.md A5.
 class TxType(StrEnum):
     ACH_DEPOSIT = "ACH_DEPOSIT"
     ACH_WITHDRAW = "ACH_WITHDRAW"
@@ -41,7 +44,7 @@ class TxStatus(StrEnum):
     RETURNED = "RETURNED"
 
 
-# shared/bakkt/DECISIONS.md A5: the only status moves Bakkt makes.
+# docs/bakkt-contract.md A5: the only status moves Bakkt makes.
 ALLOWED_MOVES: dict[TxStatus, frozenset[TxStatus]] = {
     TxStatus.PENDING: frozenset(
         {TxStatus.COMPLETE, TxStatus.DECLINED, TxStatus.CANCELLED, TxStatus.RETURNED}
@@ -57,7 +60,7 @@ WITHDRAW_TYPES = frozenset({TxType.ACH_WITHDRAW, TxType.WIRE_WITHDRAW})
 
 
 class ApiError(Exception):
-    """A `PublicApiError` answer (CONTRACT.md §5.1) with its HTTP status (DECISIONS.md A8)."""
+    """A `PublicApiError` answer (docs/bakkt-contract.md §5.1) with its HTTP status (A8)."""
 
     def __init__(
         self,
@@ -109,12 +112,14 @@ def parse_amount(value: Any, field_name: str = "amount") -> Decimal:
     """A JSON number (already a Decimal when parsed with parse_float=Decimal) > 0, ≤ 2 places."""
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         raise invalid_field(field_name, value, "The amount must be a number.")
-    try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:  # pragma: no cover - json never yields these
-        raise invalid_field(field_name, str(value), "The amount must be a number.") from exc
+    amount = Decimal(value)
     if not amount.is_finite() or amount <= 0:
         raise invalid_field(field_name, _jsonable(amount), "The amount must be greater than 0.")
+    if amount > MAX_AMOUNT:
+        # Beyond this, cents no longer round-trip through the JSON number Bakkt answers with.
+        raise invalid_field(
+            field_name, _jsonable(amount), f"The amount must be at most {MAX_AMOUNT}."
+        )
     if amount != amount.quantize(CENT):
         raise invalid_field(
             field_name, _jsonable(amount), "The amount must have at most 2 decimal places."
@@ -122,8 +127,17 @@ def parse_amount(value: Any, field_name: str = "amount") -> Decimal:
     return amount.quantize(CENT)
 
 
-def _jsonable(amount: Decimal) -> float:
-    return float(amount)
+def _jsonable(amount: Decimal) -> float | str:
+    as_float = float(amount)
+    # 1e400 has no float: echo it as its digits rather than as the invalid JSON `Infinity`.
+    return as_float if math.isfinite(as_float) else str(amount)
+
+
+def json_default(value: Any) -> Any:
+    """Encode what parsing with `parse_float=Decimal` puts into a rejected value."""
+    if isinstance(value, Decimal):
+        return _jsonable(value) if value.is_finite() else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def money(amount: Decimal) -> float:
@@ -165,11 +179,24 @@ class BankAccount:
     account_type: str
     routing_number: str
     source: str  # "plaid", "ach", "manual", "hosted"
+    linked_ms: int = 0
+    # Magic account number: the first ACH deposit on this account returns with this NACHA code.
+    return_first_deposit: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partnerTransactionRef": self.link_ref,
+            "bankName": self.bank_name,
+            "accountMask": self.account_mask,
+            "accountType": self.account_type,
+            "source": self.source,
+            "linkedAt": iso_ms(self.linked_ms),
+        }
 
 
 @dataclass(slots=True)
 class Transaction:
-    """The assumed Transaction object, shared/bakkt/DECISIONS.md A5."""
+    """The assumed Transaction object, docs/bakkt-contract.md A5."""
 
     party_ref: str
     ref: str
@@ -208,8 +235,14 @@ class Party:
     reason_code: str | None
     settled: Decimal = Decimal("0.00")
     unsettled: Decimal = Decimal("0.00")
+    # Bakkt keeps one bank account per party: a new link replaces the current one, `/transfer`
+    # names none and unlink acts on the current one. Replaced ones are kept only for inspection.
     bank_account: BankAccount | None = None
+    replaced_accounts: list[BankAccount] = field(default_factory=list)
     transactions: dict[str, Transaction] = field(default_factory=dict)
+    status_changed_ms: int = 0
+    verification_url: str | None = None
+    verification_expiry_ms: int | None = None
 
     def balance_json(self) -> dict[str, Any]:
         return {
@@ -229,6 +262,8 @@ class LedgerEntry:
     fiat_transact_type: str
     instrument_type: str
     request_count: int = 1
+    # The link Bakkt moves the money through (ACH only): the party's current account then.
+    bank_account_ref: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         tx = self.transaction
@@ -243,6 +278,7 @@ class LedgerEntry:
             "fiatTransactionType": tx.type.value,
             "status": tx.status.value,
             "requestCount": self.request_count,
+            "bankAccountRef": self.bank_account_ref,
             "createdAt": iso_ms(tx.created_ms),
             "updatedAt": iso_ms(tx.updated_ms),
         }

@@ -1,4 +1,4 @@
-"""The `/partner/v1` API: Bakkt's paths, bodies and status codes (CONTRACT.md §2, DECISIONS.md)."""
+"""The `/partner/v1` API: Bakkt's paths, bodies and status codes (docs/bakkt-contract.md §2)."""
 
 import asyncio
 import hashlib
@@ -10,7 +10,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bakkt_sandbox.faults import Fault
-from bakkt_sandbox.model import ApiError, TxStatus, invalid_field, iso_ms, now_ms, parse_iso
+from bakkt_sandbox.model import (
+    ApiError,
+    TxStatus,
+    invalid_field,
+    iso_ms,
+    json_default,
+    now_ms,
+    parse_iso,
+)
 from bakkt_sandbox.runtime import SANDBOX, Sandbox
 
 PREFIX = "/partner/v1"
@@ -30,7 +38,7 @@ def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
+        body=json.dumps(data, separators=(",", ":"), default=json_default).encode(),
         status=status,
         headers=headers,
         content_type=JSON_TYPE,
@@ -46,19 +54,72 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Deeper than any of Bakkt's bodies (two levels) by far; bounds the walk below and the decoder.
+MAX_DEPTH = 32
+
+
+def _bad_body(description: str, field: str = "", rejected: Any = None) -> ApiError:
+    details = []
+    if field:
+        details.append(
+            {
+                "type": "VALIDATION_ERROR",
+                "description": description,
+                "field": field,
+                "rejectedValue": rejected,
+            }
+        )
+    return ApiError(400, "INVALID_FIELD_VALUE", description, "validation error", details)
+
+
+def _check_strings(data: Any) -> None:
+    """Refuse what no field of Bakkt's can hold and nothing downstream can encode.
+
+    Lone surrogates (`\\ud800`) are valid JSON escapes but not Unicode text, and NUL is no
+    character of any identifier, name or number: both are a 400 naming the field, here, once,
+    rather than a crash wherever the string is first encoded or hashed.
+    """
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _bad_body(f"The request body is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path or "$", key)
+                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, path, value)
+
+
+def _check_text(text: str, field: str, rejected: str) -> None:
+    if "\x00" in text:
+        raise _bad_body(f"{field} must not contain NUL characters.", field, _printable(rejected))
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise _bad_body(
+            f"{field} is not valid Unicode text (lone surrogate).", field, _printable(rejected)
+        ) from exc
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")[:256]
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         # Decimal, not float: 10.005 must be seen as three places, not rounded away.
         data = json.loads(raw or b"null", parse_float=Decimal, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ApiError(
-            400, "INVALID_FIELD_VALUE", "Malformed JSON request body", "validation error"
-        ) from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError also covers bad UTF-8 and integers longer than Python's 4300-digit limit.
+        raise _bad_body("Malformed JSON request body") from exc
     if not isinstance(data, dict):
-        raise ApiError(
-            400, "INVALID_FIELD_VALUE", "The request body must be a JSON object", "validation error"
-        )
+        raise _bad_body("The request body must be a JSON object")
+    _check_strings(data)
     return data
 
 
@@ -139,7 +200,7 @@ async def partner_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def generate_access_token(request: web.Request) -> web.StreamResponse:
     sandbox = _sandbox(request)
     sandbox.tokens.check_basic(request.headers.get("Authorization"))
-    # shared/bakkt/DECISIONS.md A1: grant_type as a form field (the guide) or query (Postman).
+    # docs/bakkt-contract.md A1: grant_type as a form field (the guide) or query (Postman).
     grant = request.query.get("grant_type")
     if grant is None and request.content_type == "application/x-www-form-urlencoded":
         form = await request.post()
@@ -160,7 +221,7 @@ async def heartbeat(request: web.Request) -> web.StreamResponse:
 
 
 async def generate_link_url(request: web.Request) -> web.StreamResponse:
-    # Assumed operation: shared/bakkt/DECISIONS.md A2.
+    # Assumed operation: docs/bakkt-contract.md A2.
     sandbox = _sandbox(request)
     body = await read_json(request)
     session = sandbox.bank.create_link_session(_party_ref(request), body)
@@ -219,12 +280,12 @@ async def remove_fiat_account(request: web.Request) -> web.StreamResponse:
 async def transfer_fiat_currency(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     _sandbox(request).bank.transfer(_party_ref(request), body)
-    # "Request Accepted" has no body (CONTRACT.md §2.8; the Postman example is text/plain).
+    # "Request Accepted" has no body (docs/bakkt-contract.md §2.8; Postman's example: text/plain).
     return web.Response(status=200, content_type="text/plain")
 
 
 async def get_transaction(request: web.Request) -> web.StreamResponse:
-    # Assumed operation: shared/bakkt/DECISIONS.md A3.
+    # Assumed operation: docs/bakkt-contract.md A3.
     tx = _sandbox(request).bank.get_transaction(
         _party_ref(request), request.match_info["partnerTransactionRef"]
     )
@@ -232,7 +293,7 @@ async def get_transaction(request: web.Request) -> web.StreamResponse:
 
 
 async def get_transactions(request: web.Request) -> web.StreamResponse:
-    # Assumed operation: shared/bakkt/DECISIONS.md A4.
+    # Assumed operation: docs/bakkt-contract.md A4.
     query = request.query
     since: int | None = None
     if "updatedSince" in query:
@@ -247,7 +308,10 @@ async def get_transactions(request: web.Request) -> web.StreamResponse:
     if unknown:
         raise invalid_field("status", sorted(unknown), "Unknown transactionStatus value.")
     raw_size = query.get("pageSize", "100")
-    if not raw_size.isdigit() or not 1 <= int(raw_size) <= 500:
+    # isascii: str.isdigit() also passes other scripts' digits and superscripts.
+    if not (raw_size.isascii() and raw_size.isdigit() and len(raw_size) <= 3) or not (
+        1 <= int(raw_size) <= 500
+    ):
         raise invalid_field("pageSize", raw_size, "pageSize must be between 1 and 500.")
     page, next_token = _sandbox(request).bank.list_transactions(
         _party_ref(request), since, statuses, int(raw_size), query.get("pageToken") or None
@@ -281,6 +345,15 @@ async def get_fiat_account_balance(request: web.Request) -> web.StreamResponse:
 
 async def get_kyc_document_verification_details(request: web.Request) -> web.StreamResponse:
     party = _sandbox(request).bank.party(_party_ref(request))
+    if party.verification_url is not None and party.verification_expiry_ms is not None:
+        # The URL the last DOCUMENT_VERIFICATION PARTY_EVENT carried, as long as it is valid.
+        if party.verification_expiry_ms > now_ms():
+            return json_response(
+                {
+                    "verificationURL": party.verification_url,
+                    "verificationURLExpiry": iso_ms(party.verification_expiry_ms),
+                }
+            )
     token = hashlib.sha256(party.ref.encode()).hexdigest()[:24]
     return json_response(
         {

@@ -8,6 +8,7 @@ from bakkt_sandbox.auth import TokenIssuer
 from bakkt_sandbox.bank import Bank
 from bakkt_sandbox.config import SandboxSettings
 from bakkt_sandbox.faults import FaultRegistry
+from bakkt_sandbox.persistence import StateStore
 from bakkt_sandbox.webhooks import WebhookDispatcher
 
 
@@ -21,6 +22,10 @@ class Sandbox:
         self.load_initial_faults()
         # Set on shutdown so requests held open by a `timeout` fault let go at once.
         self.closing = asyncio.Event()
+        self.store: StateStore | None = None
+        if settings.state_dir is not None:
+            self.store = StateStore(settings.state_dir, settings.state_save_interval)
+            self.store.load(self)
 
     def load_initial_faults(self) -> None:
         self.faults.clear()

@@ -7,11 +7,13 @@ transfer is recorded without sending a byte, which ASGI cannot express.
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bakkt_sandbox import control_api, link_page, partner_api
 from bakkt_sandbox.config import SandboxSettings
@@ -26,11 +28,28 @@ DEFAULT_PORT = 8081
 async def _background(app: web.Application) -> AsyncIterator[None]:
     sandbox = app[SANDBOX]
     await sandbox.webhooks.start()
-    timers = asyncio.create_task(sandbox.bank.run_timers())
+    tasks = [asyncio.create_task(sandbox.bank.run_timers())]
+    if sandbox.store is not None:
+        tasks.append(asyncio.create_task(sandbox.store.run(sandbox)))
     yield
-    timers.cancel()
-    await asyncio.gather(timers, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await sandbox.webhooks.stop()
+    if sandbox.store is not None:
+        # After everything has stopped, so nothing changes the state behind the last save.
+        sandbox.store.save(sandbox)
+        log.info("Bakkt sandbox state saved to %s", sandbox.store.path)
+
+
+@web.middleware
+async def _count_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    finally:
+        # Any request may change state (even a GET creates a party on first use): the state
+        # store compares this counter instead of the whole state.
+        request.app[SANDBOX].bank.revision += 1
 
 
 async def _release_held_requests(app: web.Application) -> None:
@@ -39,7 +58,7 @@ async def _release_held_requests(app: web.Application) -> None:
 
 def create_app(settings: SandboxSettings | None = None) -> web.Application:
     sandbox = Sandbox(settings or SandboxSettings())
-    app = web.Application(middlewares=[partner_api.partner_middleware])
+    app = web.Application(middlewares=[_count_changes, partner_api.partner_middleware])
     app[SANDBOX] = sandbox
     partner_api.add_routes(app)
     control_api.add_routes(app)
@@ -118,10 +137,22 @@ async def serve(
         await asyncio.Event().wait()
 
 
+async def _serve_until_signalled(host: str, port: int, settings: SandboxSettings | None) -> None:
+    # SIGTERM and SIGINT end the wait, so the shutdown (and its last snapshot) runs in order;
+    # a signal turned into an exception could instead land anywhere, even inside a save.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows, non-main thread
+            loop.add_signal_handler(sig, stop.set)
+    async with SandboxServer(settings, host, port):
+        await stop.wait()
+
+
 def run(
     host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: SandboxSettings | None = None
 ) -> None:
-    """Run the sandbox until interrupted (the `fiat-onramp sandbox` command)."""
+    """Run the sandbox until SIGTERM or Ctrl-C (the `fiat-onramp sandbox` command)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         import uvloop  # optional: comes with uvicorn[standard], absent on Windows
@@ -130,4 +161,4 @@ def run(
     except ImportError:
         runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(host, port, settings))
+        runner(_serve_until_signalled(host, port, settings))

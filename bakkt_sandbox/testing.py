@@ -39,6 +39,7 @@ class TransferRecord(TypedDict):
     fiatTransactionType: str
     status: str
     requestCount: int
+    bankAccountRef: str | None
     createdAt: str
     updatedAt: str
 
@@ -101,10 +102,14 @@ class PartyRecord(TypedDict):
     partnerPartyRef: str
     partyStatus: str
     reasonCode: str | None
+    statusChangedAt: str
+    verificationURL: str | None
+    verificationURLExpiry: str | None
     settledAmount: float
     unsettledAmount: float
     wireReferenceNumber: str
     bankAccount: dict[str, Any] | None
+    replacedBankAccounts: list[dict[str, Any]]
     transactions: int
 
 
@@ -193,10 +198,26 @@ class SandboxControl:
         return cast(PartyRecord, await self._call("GET", f"/sandbox/parties/{party_ref}"))
 
     async def set_party_status(
-        self, party_ref: str, status: str, reason_code: str | None = None
+        self,
+        party_ref: str,
+        status: str | None = None,
+        reason_code: str | None = None,
+        *,
+        verification_url: str | None = None,
+        verification_url_expiry: str | None = None,
     ) -> PartyRecord:
-        """Change a party's status; the sandbox sends a PARTY_EVENT."""
-        body = {"status": status, "reasonCode": reason_code}
+        """Change a party's status and reason (either alone will do); the sandbox sends a
+        PARTY_EVENT. A verification URL and expiry go only with DOCUMENT_VERIFICATION."""
+        body = {
+            key: value
+            for key, value in (
+                ("status", status),
+                ("reasonCode", reason_code),
+                ("verificationURL", verification_url),
+                ("verificationURLExpiry", verification_url_expiry),
+            )
+            if value is not None
+        }
         return cast(
             PartyRecord, await self._call("POST", f"/sandbox/parties/{party_ref}/status", body)
         )
@@ -436,7 +457,7 @@ async def running_sandbox(
 
 
 def verify_signature(secret: str, headers: "dict[str, str] | Any", body: bytes) -> bool:
-    """The Standard Webhooks check (shared/bakkt/DECISIONS.md A6) a receiver should make."""
+    """The Standard Webhooks check (docs/bakkt-contract.md A6) a receiver should make."""
     msg_id = headers.get("webhook-id")
     timestamp = headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature")

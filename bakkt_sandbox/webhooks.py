@@ -1,5 +1,5 @@
 """Webhook delivery: Standard Webhooks signatures, at-least-once with retries, and the switches
-that make delivery misbehave on purpose (shared/bakkt/DECISIONS.md A6)."""
+that make delivery misbehave on purpose (docs/bakkt-contract.md A6)."""
 
 import asyncio
 import base64
@@ -93,6 +93,8 @@ class WebhookDispatcher:
         self.set_modes(settings.webhook_modes)
         self.deliveries: list[Delivery] = []
         self._by_id: dict[int, Delivery] = {}
+        # Bumped by every attempt, so a state store knows a delivery's state changed.
+        self.revision = 0
         self._ids = itertools.count(1)
         # Bumped by reset: attempts and retries started before it are forgotten.
         self._generation = 0
@@ -115,6 +117,16 @@ class WebhookDispatcher:
         self._workers = [
             asyncio.create_task(self._work()) for _ in range(self.settings.webhook_concurrency)
         ]
+        # Deliveries restored from a state store that were still owed: at least once, so again.
+        for delivery in self.deliveries:
+            if delivery.state == "pending":
+                self._queue.put_nowait((self._generation, delivery))
+
+    def restore(self, deliveries: list[Delivery]) -> None:
+        """Take back deliveries a state store kept; pending ones are sent once `start` runs."""
+        self.deliveries = deliveries
+        self._by_id = {d.id: d for d in deliveries}
+        self._ids = itertools.count(max((d.id for d in deliveries), default=0) + 1)
 
     async def stop(self) -> None:
         self._cancel_timers()
@@ -260,6 +272,7 @@ class WebhookDispatcher:
         delivery.attempts.append(
             Attempt(now_ms(), url, status, error, int((time.monotonic() - started) * 1000))
         )
+        self.revision += 1
         if status is not None and 200 <= status < 300:
             delivery.state = "delivered"
             delivery.delivered_ms = now_ms()

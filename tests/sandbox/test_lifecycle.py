@@ -1,4 +1,4 @@
-"""Lifecycle per DECISIONS.md A5 on the business clock, magic amounts, and control-API moves."""
+"""Lifecycle (docs/bakkt-contract.md A5) on the business clock, magic amounts, control-API moves."""
 
 import asyncio
 

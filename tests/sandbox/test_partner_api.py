@@ -1,10 +1,11 @@
-"""Every /partner/v1 operation and every error type it answers with (CONTRACT.md, DECISIONS.md)."""
+"""Every /partner/v1 operation and every error type it answers with (docs/bakkt-contract.md)."""
 
 import asyncio
 import base64
 import re
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +13,9 @@ import httpx
 import jwt
 import pytest
 
+from bakkt_sandbox.bank import Bank
+from bakkt_sandbox.config import SandboxSettings
+from bakkt_sandbox.model import Transaction, TxStatus, TxType, now_ms, parse_iso
 from bakkt_sandbox.testing import RunningSandbox, running_sandbox
 from tests.sandbox.conftest import Partner, http_client, make_partner
 
@@ -640,10 +644,32 @@ async def test_transactions_are_paged_in_updated_at_then_ref_order(
         if token is None:
             break
     assert pages == 3
-    keys = [(t["updatedAt"], t["partnerTransactionRef"]) for t in seen]
-    assert keys == sorted(keys)
-    assert len(seen) == 7
-    assert seen[-1]["partnerTransactionRef"] == "pg-2"
+    # updatedAt has millisecond resolution, so transfers made within one millisecond tie: the
+    # expected order is computed from each transaction's own record, ties broken by ref
+    # (docs/bakkt-contract.md A4), never assumed from the order the test made them in.
+    records = [await partner.transaction(linked_party, f"pg-{i}") for i in range(7)]
+    expected = sorted((r["updatedAt"], r["partnerTransactionRef"]) for r in records)
+    assert [(t["updatedAt"], t["partnerTransactionRef"]) for t in seen] == expected
+    settled = next(r for r in records if r["partnerTransactionRef"] == "pg-2")
+    assert settled["updatedAt"] >= max(r["createdAt"] for r in records)
+
+
+def test_equal_updated_at_pages_by_ref_with_nothing_lost_or_repeated() -> None:
+    bank = Bank(SandboxSettings(time_scale=0, webhook_url=""), lambda _event: None)
+    party = bank.party("tie-party")
+    # One millisecond for all of them, in an insertion order that is not the ref order.
+    for ref in ("tie-c", "tie-a", "tie-e", "tie-b", "tie-d"):
+        party.transactions[ref] = Transaction(
+            party.ref, ref, TxType.ACH_DEPOSIT, Decimal(10), TxStatus.PENDING, 1_000, 1_000
+        )
+    refs: list[str] = []
+    token = None
+    while True:
+        page, token = bank.list_transactions(party.ref, None, set(), 2, token)
+        refs += [tx.ref for tx in page]
+        if token is None:
+            break
+    assert refs == ["tie-a", "tie-b", "tie-c", "tie-d", "tie-e"]
 
 
 async def test_transactions_filter_by_status_and_updated_since(
@@ -651,8 +677,12 @@ async def test_transactions_filter_by_status_and_updated_since(
 ) -> None:
     for ref in ("fs-1", "fs-2", "fs-3"):
         await partner.transfer(linked_party, 10, ref=ref)
-    await bakkt_sandbox.settle("fs-1", linked_party)
-    await asyncio.sleep(0.005)  # updatedAt has millisecond precision and updatedSince is inclusive
+    settled = await bakkt_sandbox.settle("fs-1", linked_party)
+    # updatedAt has millisecond resolution and updatedSince is inclusive: the cancel must land in
+    # a later millisecond than the settle (the sandbox runs on this machine's clock).
+    settled_ms = parse_iso(settled["updatedAt"])
+    while now_ms() <= settled_ms:  # noqa: ASYNC110 - no event signals the wall clock
+        await asyncio.sleep(0.001)
     await bakkt_sandbox.cancel("fs-2", linked_party)
     by_status = await partner.get(
         linked_party, "/transactions", [("status", "COMPLETE"), ("status", "CANCELLED")]

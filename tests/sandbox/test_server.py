@@ -6,29 +6,41 @@ import re
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from app.config import Settings
+from app.webhooks.router import router as webhook_router
 from bakkt_sandbox.config import SandboxSettings
-from bakkt_sandbox.server import SandboxServer, serve
+from bakkt_sandbox.server import DEFAULT_HOST, DEFAULT_PORT, SandboxServer, serve
 from bakkt_sandbox.testing import RunningSandbox, SandboxError
 from tests.sandbox.conftest import Partner
 
 
 def test_default_settings_match_the_service_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both sides' defaults, not literals: `fiat-onramp dev` works with no settings only while the
+    # service's defaults (app/config.py) and the sandbox's agree, whichever side changes.
     for name in list(os.environ):
-        if name.startswith("SANDBOX_"):
+        if name.startswith(("SANDBOX_", "BAKKT_", "IDEMPOTENCY_")):
             monkeypatch.delenv(name)
-    s = SandboxSettings()
-    assert s.partner_id == "5f0c2b9e-6a3d-4c1e-9f7a-2d8e4b6a1c01"
-    assert s.client_id == "dev-client"
-    assert s.client_secret.get_secret_value() == "dev-client-secret"
-    assert s.webhook_url == "http://127.0.0.1:8000/webhooks/bakkt"
+    sandbox = SandboxSettings()
+    service = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert sandbox.partner_id == service.bakkt_partner_id
+    assert sandbox.client_id == service.bakkt_client_id
     assert (
-        s.webhook_secret.get_secret_value() == "whsec_ZmlhdC1vbnJhbXAtZGV2LXdlYmhvb2stc2VjcmV0ISE="
+        sandbox.client_secret.get_secret_value() == service.bakkt_client_secret.get_secret_value()
     )
-    assert (s.token_ttl, s.idempotency_ttl) == (3600, 864000)
+    assert sandbox.webhook_secret.get_secret_value() in [
+        s.get_secret_value() for s in service.bakkt_webhook_secrets
+    ]
+    assert f"http://{DEFAULT_HOST}:{DEFAULT_PORT}" == service.bakkt_base_url
+    assert urlsplit(sandbox.webhook_url).path in {
+        getattr(route, "path", None) for route in webhook_router.routes
+    }
+    # Bakkt keeps an idempotency key 10 days (docs/bakkt-contract.md A7); so do both sides.
+    assert sandbox.idempotency_ttl == service.idempotency_ttl_days * 24 * 3600
 
 
 def test_settings_come_from_sandbox_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
