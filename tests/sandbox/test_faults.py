@@ -96,9 +96,11 @@ async def test_latency_fault_delays_the_answer(
     resp = await partner.get(party, "/fiatAccount/balance")
     assert resp.status_code == 200
     assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
     await partner.get(party, "/fiatAccount/balance")
-    assert time.monotonic() - started < 0.3
+    # That the second request was not delayed is the fault's own count, not a stopwatch: an
+    # upper bound on elapsed time fails on a loaded machine.
+    [fault] = await bakkt_sandbox.faults()
+    assert (fault["seen"], fault["hits"], fault["exhausted"]) == (1, 1, True)
 
 
 async def test_timeout_fault_never_answers_and_records_nothing(
@@ -107,10 +109,10 @@ async def test_timeout_fault_never_answers_and_records_nothing(
     await bakkt_sandbox.set_fault("transferFiatCurrency", "timeout", hold_seconds=2, count=1)
     async with http_client(timeout=0.3) as http:
         partner = await make_partner(bakkt_sandbox, http)
-        started = time.monotonic()
+        # A timeout, not a closed connection: the sandbox held the request past the client's
+        # 0.3 s (it lets go only at 2 s). No stopwatch bound, which a loaded machine can break.
         with pytest.raises(httpx.TimeoutException):
             await partner.transfer(linked_party, 10, ref="to-1")
-        assert time.monotonic() - started < 1.5
     assert await bakkt_sandbox.transfers(linked_party) == []
 
 
