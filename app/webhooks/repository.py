@@ -10,6 +10,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from app.webhooks.models import EventStatus, WebhookEvent
 
@@ -36,6 +37,9 @@ _CLAIM_EVENT = (
         WebhookEvent.status.in_(bindparam("statuses", expanding=True)),
     )
     .with_for_update(skip_locked=True)
+    # The intake holds the parsed body already: neither the body nor the headers (JSON to
+    # decode) are loaded again, and touching them would raise instead of loading lazily.
+    .options(defer(WebhookEvent.body, raiseload=True), defer(WebhookEvent.headers, raiseload=True))
     .execution_options(populate_existing=True)
 )
 
@@ -92,7 +96,8 @@ async def event_status(session: AsyncSession, request_id: str) -> str | None:
 async def claim_event(
     session: AsyncSession, *, request_id: str, statuses: Collection[EventStatus]
 ) -> WebhookEvent | None:
-    """Lock one event for applying, unless another worker holds it (then None)."""
+    """Lock one event for applying, unless another worker holds it (then None); without its
+    body and headers, which the caller parsed on receipt."""
     params = {"request_id": request_id, "statuses": [str(s) for s in statuses]}
     return (await session.execute(_CLAIM_EVENT, params)).scalar_one_or_none()
 

@@ -195,7 +195,7 @@ async def _apply_stored(
     session: AsyncSession,
     request_id: str,
     *,
-    parsed: ParsedEvent | None,
+    parsed: ParsedEvent,
     now: datetime,
     statuses: Collection[EventStatus],
 ) -> str | None:
