@@ -41,7 +41,12 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        # No pre-ping: it is a round trip on every checkout, and a request checks a connection
+        # out once per transaction (three per deposit). A connection that died with its server
+        # fails its first statement instead; SQLAlchemy sees the disconnect, invalidates the
+        # whole pool (every older connection is replaced at its next checkout), and the error
+        # handler answers that request 503 `database_unavailable`, which the caller retries.
+        pool_pre_ping=False,
         pool_timeout=5,
         connect_args={
             "timeout": 5,

@@ -5,6 +5,7 @@ httpx's API is kept either way; only the transport under it changes, by `BakktCo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -12,6 +13,11 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from app.bakkt.config import BakktConfig
+
+# httpx logs every request at INFO ("HTTP Request: POST ..."): a line per Bakkt call on the money
+# path, with the party's ref in the URL, that says nothing the client's own logs and metrics do
+# not. Its warnings still come through.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def build_http_client(config: BakktConfig) -> httpx.AsyncClient:

@@ -138,43 +138,53 @@ async def record(session: AsyncSession, report: BakktReport, *, now: datetime) -
     target = from_bakkt_status(found.status)
     if target is None:
         return Applied(Verdict.UNREADABLE)
-    txn = await repo.lock_transaction_by_ref(session, found.transaction_ref)
-    if txn is None:
-        if found.kind not in BAKKT_ORIGINATED:
-            return Applied(Verdict.NOT_FOUND, target=target)
-        cents = whole_cents(found.amount)
-        if cents is None or len(found.currency) != 3:
-            return Applied(Verdict.UNRECORDABLE, target=target)
-        created = await _insert_bakkt_started(session, found, target, cents, report.at, now=now)
-        txn = await repo.lock_transaction_by_ref(session, found.transaction_ref)
-        if txn is None:  # pragma: no cover - the insert or a concurrent one made it
-            raise RuntimeError(f"transaction {found.transaction_ref} vanished")
-        if created is not None:
-            record_creation(
-                session,
-                txn,
-                source=report.source,
-                event_id=report.event_id,
-                event_time=report.at,
-                note=report.creation_note or f"started by Bakkt ({found.kind})",
-            )
-            await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
-            unlinked = found.related_transaction_ref if txn.related_transaction_id is None else None
-            return Applied(
-                Verdict.CREATED,
-                txn,
-                target,
-                notes=[f"created {txn.type} in {txn.status}"],
-                unlinked_related=unlinked,
-            )
-        # A concurrent event (or the webhook before reconciliation) created it: compare.
+    locked = await repo.lock_transaction_by_ref_with_orphans(session, found.transaction_ref)
+    if locked is not None:
+        txn, orphans = locked
+        return await apply(session, txn, report, now=now, orphans=orphans)
+    if found.kind not in BAKKT_ORIGINATED:
+        return Applied(Verdict.NOT_FOUND, target=target)
+    cents = whole_cents(found.amount)
+    if cents is None or len(found.currency) != 3:
+        return Applied(Verdict.UNRECORDABLE, target=target)
+    created = await _insert_bakkt_started(session, found, target, cents, report.at, now=now)
+    made = await repo.lock_transaction_by_ref(session, found.transaction_ref)
+    if made is None:  # pragma: no cover - the insert or a concurrent one made it
+        raise RuntimeError(f"transaction {found.transaction_ref} vanished")
+    txn = made
+    if created is not None:
+        record_creation(
+            session,
+            txn,
+            source=report.source,
+            event_id=report.event_id,
+            event_time=report.at,
+            note=report.creation_note or f"started by Bakkt ({found.kind})",
+        )
+        await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
+        unlinked = found.related_transaction_ref if txn.related_transaction_id is None else None
+        return Applied(
+            Verdict.CREATED,
+            txn,
+            target,
+            notes=[f"created {txn.type} in {txn.status}"],
+            unlinked_related=unlinked,
+        )
+    # A concurrent event (or the webhook before reconciliation) created it: compare (and link
+    # whatever waits for it, as the creator would have).
     return await apply(session, txn, report, now=now)
 
 
 async def apply(
-    session: AsyncSession, txn: Transaction, report: BakktReport, *, now: datetime
+    session: AsyncSession,
+    txn: Transaction,
+    report: BakktReport,
+    *,
+    now: datetime,
+    orphans: bool = True,
 ) -> Applied:
-    """Apply Bakkt's word to `txn`, whose row lock the caller holds."""
+    """Apply Bakkt's word to `txn`, whose row lock the caller holds. `orphans=False`: the
+    caller's lock query saw no fee or adjustment waiting to be linked to it."""
     found = report.transaction
     target = from_bakkt_status(found.status)
     if target is None:
@@ -209,7 +219,8 @@ async def apply(
         notes=[f"{target} applied" if moved else f"{target} recorded, not applied"],
     )
     applied.unlinked_related = await _link_related(session, txn, found)
-    await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
+    if orphans:
+        await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
     if target is Status.RETURNED and reason_code:
         note = await _return_policy(session, txn, found.kind, reason_code, now=now)
         if note:

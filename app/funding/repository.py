@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import ColumnElement, func, select, tuple_, union, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    exists,
+    func,
+    select,
+    text,
+    tuple_,
+    union,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +34,6 @@ from app.funding.models import (
     BankAccount,
     BankAccountStatus,
     Party,
-    PartyLimit,
     PartyStatus,
     Transaction,
     TransactionHistory,
@@ -50,6 +62,24 @@ async def lock_party(session: AsyncSession, party_ref: str) -> Party | None:
         .execution_options(populate_existing=True)
     )
     return (await session.scalars(statement)).one_or_none()
+
+
+# The money path's own statements, built once (see app/webhooks/repository.py on why).
+_LOCK_PARTY = (
+    select(Party)
+    .where(Party.party_ref == bindparam("party_ref"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+
+
+async def lock_party_for_money(session: AsyncSession, party_ref: str) -> Party:
+    """`lock_or_create_party` for the money path: one round trip when the party exists (every
+    request but its first), the insert only when it does not."""
+    party = (await session.scalars(_LOCK_PARTY, {"party_ref": party_ref})).one_or_none()
+    if party is not None:
+        return party
+    return await lock_or_create_party(session, party_ref)
 
 
 async def lock_or_create_party(session: AsyncSession, party_ref: str) -> Party:
@@ -121,20 +151,58 @@ async def reconcile_parties(session: AsyncSession) -> list[str]:
     return list((await session.scalars(statement)).all())
 
 
-async def get_limit(session: AsyncSession, party_ref: str, direction: str) -> PartyLimit | None:
-    return await session.get(PartyLimit, (party_ref, direction), populate_existing=True)
+@dataclass(frozen=True, slots=True)
+class LimitUsage:
+    """The database's clock, the party's own limits (None: the default) and what its counted
+    transfers of one direction used in the rolling 24 hours and 30 days before that clock."""
+
+    now: datetime
+    per_transaction_cents: int | None
+    per_day_cents: int | None
+    per_30_days_cents: int | None
+    used_day_cents: int
+    used_30_days_cents: int
 
 
-async def sum_since(session: AsyncSession, party_ref: str, tx_type: str, since: datetime) -> int:
-    """Cents of the party's own transfers of `tx_type` created since `since` that may move money."""
-    stmt = select(func.coalesce(func.sum(Transaction.amount_cents), 0)).where(
-        Transaction.party_ref == party_ref,
-        Transaction.type == tx_type,
-        Transaction.origin == TransactionOrigin.PARTNER,
-        Transaction.created_at >= since,
-        Transaction.status.not_in(NOT_COUNTED),
-    )
-    return int((await session.execute(stmt)).scalar_one())
+# One round trip for what used to be four (the clock, the limits row, two sums). The clock is
+# read in the statement that sums, after the caller took the party lock, so it is the same
+# instant the windows end at; intervals in hours, because '1 day' follows the session's time
+# zone across a DST change and timedelta(days=1) does not.
+_LIMIT_USAGE = text(
+    """
+    SELECT clock.now, l.per_transaction_cents, l.per_day_cents, l.per_30_days_cents,
+           u.used_day, u.used_30_days
+    FROM (SELECT clock_timestamp() AS now) AS clock
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.amount_cents)
+                        FILTER (WHERE t.created_at >= clock.now - interval '24 hours'), 0)
+                   AS used_day,
+               coalesce(sum(t.amount_cents), 0) AS used_30_days
+        FROM transactions AS t
+        WHERE t.party_ref = :party_ref AND t.type = :direction AND t.origin = :origin
+          AND t.status NOT IN :not_counted
+          AND t.created_at >= clock.now - interval '720 hours'
+    ) AS u
+    LEFT JOIN party_limits AS l ON l.party_ref = :party_ref AND l.direction = :direction
+    """
+).bindparams(bindparam("not_counted", expanding=True))
+
+
+async def limit_usage(session: AsyncSession, party_ref: str, direction: str) -> LimitUsage:
+    """For the limit check, under the party lock the caller holds (so the sums cannot change
+    under it)."""
+    row = (
+        await session.execute(
+            _LIMIT_USAGE,
+            {
+                "party_ref": party_ref,
+                "direction": direction,
+                "origin": str(TransactionOrigin.PARTNER),
+                "not_counted": [str(s) for s in NOT_COUNTED],
+            },
+        )
+    ).one()
+    return LimitUsage(row[0], row[1], row[2], row[3], int(row[4]), int(row[5]))
 
 
 # --- bank accounts ----------------------------------------------------------------------------
@@ -186,16 +254,22 @@ async def list_bank_accounts(session: AsyncSession, party_ref: str) -> Sequence[
     return (await session.scalars(stmt)).all()
 
 
+_NEWEST_BANK_ACCOUNT = (
+    select(BankAccount)
+    .where(
+        BankAccount.party_ref == bindparam("party_ref"),
+        BankAccount.status.in_(bindparam("statuses", expanding=True)),
+    )
+    .order_by(BankAccount.updated_at.desc(), BankAccount.created_at.desc())
+    .limit(1)
+)
+
+
 async def newest_bank_account(
     session: AsyncSession, party_ref: str, statuses: Sequence[str]
 ) -> BankAccount | None:
-    stmt = (
-        select(BankAccount)
-        .where(BankAccount.party_ref == party_ref, BankAccount.status.in_(statuses))
-        .order_by(BankAccount.updated_at.desc(), BankAccount.created_at.desc())
-        .limit(1)
-    )
-    return (await session.scalars(stmt)).one_or_none()
+    params = {"party_ref": party_ref, "statuses": [str(s) for s in statuses]}
+    return (await session.scalars(_NEWEST_BANK_ACCOUNT, params)).one_or_none()
 
 
 async def delete_bank_account(session: AsyncSession, account_id: uuid.UUID) -> None:
@@ -276,15 +350,18 @@ def add_transaction(session: AsyncSession, txn: Transaction) -> None:
     session.add(txn)
 
 
+_GET_TRANSACTION = (
+    select(Transaction)
+    .where(Transaction.id == bindparam("id"), Transaction.party_ref == bindparam("party_ref"))
+    .execution_options(populate_existing=True)
+)
+
+
 async def get_transaction(
     session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
 ) -> Transaction | None:
-    stmt = (
-        select(Transaction)
-        .where(Transaction.id == transaction_id, Transaction.party_ref == party_ref)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.scalars(stmt)).one_or_none()
+    params = {"id": transaction_id, "party_ref": party_ref}
+    return (await session.scalars(_GET_TRANSACTION, params)).one_or_none()
 
 
 async def get_transaction_by_id(
@@ -298,26 +375,66 @@ async def get_transaction_by_id(
     return (await session.scalars(statement)).one_or_none()
 
 
+_LOCK_TRANSACTION = (
+    select(Transaction)
+    .where(Transaction.id == bindparam("id"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+_LOCK_TRANSACTION_BY_REF = (
+    select(Transaction)
+    .where(Transaction.bakkt_ref == bindparam("bakkt_ref"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+_TRANSACTIONS = cast(Table, Transaction.__table__)
+_EVENTS = cast(Table, WebhookEvent.__table__)
+_ORPHAN = _TRANSACTIONS.alias("orphan")
+_RELATED = _TRANSACTIONS.alias("related")
+# A Bakkt-started row (fee, adjustment) whose webhook named this transaction as its related
+# transfer and that is not linked yet: it came before this transaction was known to us.
+_HAS_ORPHANS = (
+    exists()
+    .where(
+        _EVENTS.c.related_ref == Transaction.bakkt_ref,
+        _ORPHAN.c.bakkt_ref == _EVENTS.c.transaction_ref,
+        _ORPHAN.c.related_transaction_id.is_(None),
+        _ORPHAN.c.origin == TransactionOrigin.BAKKT,
+        _ORPHAN.c.id != Transaction.id,
+    )
+    .label("has_orphans")
+)
+_LOCK_TRANSACTION_BY_REF_WITH_ORPHANS = (
+    select(Transaction, _HAS_ORPHANS)
+    .where(Transaction.bakkt_ref == bindparam("bakkt_ref"))
+    .with_for_update(key_share=True, of=Transaction)
+    .execution_options(populate_existing=True)
+)
+
+
 async def lock_transaction(session: AsyncSession, transaction_id: uuid.UUID) -> Transaction | None:
     """The row lock every status move is made under, whoever makes it."""
-    statement = (
-        select(Transaction)
-        .where(Transaction.id == transaction_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.scalars(statement)).one_or_none()
+    return (await session.scalars(_LOCK_TRANSACTION, {"id": transaction_id})).one_or_none()
 
 
 async def lock_transaction_by_ref(session: AsyncSession, bakkt_ref: str) -> Transaction | None:
     """The same lock as `lock_transaction`, found by the ref Bakkt knows the transaction by."""
-    statement = (
-        select(Transaction)
-        .where(Transaction.bakkt_ref == bakkt_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.scalars(statement)).one_or_none()
+    params = {"bakkt_ref": bakkt_ref}
+    return (await session.scalars(_LOCK_TRANSACTION_BY_REF, params)).one_or_none()
+
+
+async def lock_transaction_by_ref_with_orphans(
+    session: AsyncSession, bakkt_ref: str
+) -> tuple[Transaction, bool] | None:
+    """`lock_transaction_by_ref`, and whether fees or adjustments wait to be linked to it, in
+    the same round trip: nearly every event has none, so `link_orphan_relations` (an UPDATE
+    joining the events) runs only for the few that do. One committed while this statement
+    waited for the lock is not seen here; `rematch_parked`'s sweep links it."""
+    params = {"bakkt_ref": bakkt_ref}
+    row = (await session.execute(_LOCK_TRANSACTION_BY_REF_WITH_ORPHANS, params)).one_or_none()
+    if row is None:
+        return None
+    return row[0], bool(row[1])
 
 
 async def transaction_id_by_ref(session: AsyncSession, bakkt_ref: str) -> uuid.UUID | None:
@@ -424,32 +541,42 @@ async def link_relation(
     return bool(getattr(result, "rowcount", 0))
 
 
+_ORPHAN_CONDITIONS = (
+    _EVENTS.c.transaction_ref == _TRANSACTIONS.c.bakkt_ref,
+    _EVENTS.c.related_ref == _RELATED.c.bakkt_ref,
+    _TRANSACTIONS.c.related_transaction_id.is_(None),
+    _TRANSACTIONS.c.origin == TransactionOrigin.BAKKT,
+    _RELATED.c.id != _TRANSACTIONS.c.id,
+)
+# Built once, one alias for the life of the process: an alias made per call is a new object
+# SQLAlchemy can neither cache-key cheaply nor find in its compiled cache.
+_LINK_ORPHANS_OF = (
+    update(_TRANSACTIONS)
+    .where(*_ORPHAN_CONDITIONS, _EVENTS.c.related_ref == bindparam("p_related_ref"))
+    .values(related_transaction_id=_RELATED.c.id, updated_at=bindparam("p_now"))
+)
+_LINK_ORPHANS_RECENT = (
+    update(_TRANSACTIONS)
+    .where(
+        *_ORPHAN_CONDITIONS,
+        _EVENTS.c.related_ref.is_not(None),
+        _EVENTS.c.received_at >= func.now() - ORPHAN_WINDOW,
+    )
+    .values(related_transaction_id=_RELATED.c.id, updated_at=bindparam("p_now"))
+)
+
+
 async def link_orphan_relations(
     session: AsyncSession, *, related_ref: str | None = None, now: datetime
 ) -> int:
     """Point Bakkt-started rows (fees, adjustments) at the transfer their webhook named, once that
     transfer is known. `related_ref` narrows it to one transfer; None sweeps the events of the
     last ORPHAN_WINDOW (bounded work on every run; older gaps are reconciliation's)."""
-    related = Transaction.__table__.alias("related")
-    conditions = [
-        WebhookEvent.transaction_ref == Transaction.bakkt_ref,
-        WebhookEvent.related_ref == related.c.bakkt_ref,
-        Transaction.related_transaction_id.is_(None),
-        Transaction.origin == TransactionOrigin.BAKKT,
-        related.c.id != Transaction.id,
-    ]
     if related_ref is not None:
-        conditions.append(WebhookEvent.related_ref == related_ref)
+        params: dict[str, object] = {"p_related_ref": related_ref, "p_now": now}
+        result = await session.execute(_LINK_ORPHANS_OF, params)
     else:
-        conditions.append(WebhookEvent.related_ref.is_not(None))
-        conditions.append(WebhookEvent.received_at >= func.now() - ORPHAN_WINDOW)
-    statement = (
-        update(Transaction)
-        .where(*conditions)
-        .values(related_transaction_id=related.c.id, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    result = await session.execute(statement)
+        result = await session.execute(_LINK_ORPHANS_RECENT, {"p_now": now})
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -214,28 +214,29 @@ class FundingService:
         raise PartyNotActive(f"An account with status {status} may not {action}.", extra=extra)
 
     async def _check_limits(
-        self, party_ref: str, direction: Direction, amount_cents: int, now: datetime
-    ) -> None:
+        self, party_ref: str, direction: Direction, amount_cents: int
+    ) -> datetime:
         """Per transaction, per rolling 24 hours and per rolling 30 days, by direction. The
-        caller holds the party row lock, so the sums cannot change under it."""
-        row = await repo.get_limit(self.session, party_ref, direction)
+        caller holds the party row lock, so the sums cannot change under it. Returns the
+        database's clock the windows were judged at: the new transaction's `created_at`."""
+        usage = await repo.limit_usage(self.session, party_ref, direction)
         cfg = self.settings
 
         def pick(own: int | None, default: Decimal) -> int:
             return own if own is not None else to_cents(default)
 
-        per_tx = pick(row.per_transaction_cents if row else None, cfg.default_limit_per_transaction)
-        per_day = pick(row.per_day_cents if row else None, cfg.default_limit_per_day)
-        per_30 = pick(row.per_30_days_cents if row else None, cfg.default_limit_per_30_days)
+        per_tx = pick(usage.per_transaction_cents, cfg.default_limit_per_transaction)
+        per_day = pick(usage.per_day_cents, cfg.default_limit_per_day)
+        per_30 = pick(usage.per_30_days_cents, cfg.default_limit_per_30_days)
         if amount_cents > per_tx:
             raise self._limit_error("perTransaction", per_tx, per_tx)
-        for name, limit, window in (
-            ("perDay", per_day, timedelta(days=1)),
-            ("per30Days", per_30, timedelta(days=30)),
+        for name, limit, used in (
+            ("perDay", per_day, usage.used_day_cents),
+            ("per30Days", per_30, usage.used_30_days_cents),
         ):
-            used = await repo.sum_since(self.session, party_ref, direction, now - window)
             if used + amount_cents > limit:
                 raise self._limit_error(name, limit, max(limit - used, 0))
+        return usage.now
 
     @staticmethod
     def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
@@ -328,7 +329,7 @@ class FundingService:
         self, party_ref: str, intent: TransferIntent, claimed: KeyClaim
     ) -> Transaction:
         session = self.session
-        party = await repo.lock_or_create_party(session, party_ref)
+        party = await repo.lock_party_for_money(session, party_ref)
         self._gate(party, intent.direction)
         account = None
         if intent.method is TransactionMethod.ACH:
@@ -336,8 +337,7 @@ class FundingService:
                 party_ref, intent.bank_account_id, intent.direction
             )
         amount_cents = to_cents(intent.amount)
-        now = await db_now(session)
-        await self._check_limits(party_ref, intent.direction, amount_cents, now)
+        now = await self._check_limits(party_ref, intent.direction, amount_cents)
         txn_id = uuid.uuid4()
         wire = intent.wire
         txn = Transaction(

@@ -131,10 +131,18 @@ async def receive(session: AsyncSession, delivery: VerifiedWebhook) -> Receipt:
         needs_operator=False,
         next_attempt_at=now + STRANDED_AFTER,
     )
+    if event_pk is None:
+        # A redelivery changes nothing once the first delivery has been applied: its stored
+        # status is the answer, read in the same transaction (the conflicting insert wrote
+        # nothing), with no claim and no second transaction.
+        stored = await repo.event_status(session, event.event_id)
+        if stored is not None and stored != EventStatus.RECEIVED:
+            await session.rollback()
+            return Receipt(event.event_id, duplicate=True, status=stored)
     await session.commit()
 
-    # A redelivery changes nothing, except that it may finish an event whose first apply was
-    # lost; the claim (SKIP LOCKED, status RECEIVED) keeps that to one worker at a time.
+    # A redelivery of an event still RECEIVED may finish one whose first apply was lost; the
+    # claim (SKIP LOCKED, status RECEIVED) keeps that to one worker at a time.
     status = await _apply_stored(
         session, event.event_id, parsed=event, now=now, statuses=(EventStatus.RECEIVED,)
     )
@@ -187,7 +195,7 @@ async def _apply_stored(
     session: AsyncSession,
     request_id: str,
     *,
-    parsed: ParsedEvent | None,
+    parsed: ParsedEvent,
     now: datetime,
     statuses: Collection[EventStatus],
 ) -> str | None:
