@@ -12,6 +12,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -44,6 +45,22 @@ from bakkt_sandbox.model import (
 
 Publish = Callable[[dict[str, Any]], None]
 log = logging.getLogger("bakkt_sandbox.bank")
+
+# The guide only says the browser is sent to redirectUri. Partner apps come back through their
+# own deep links (myapp://...), so any absolute URI is taken except the schemes a browser would
+# run or read locally instead of navigating to.
+_REDIRECT_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):[^\s]+$")
+_SCRIPT_OR_LOCAL_SCHEMES = frozenset(
+    {"javascript", "vbscript", "data", "file", "blob", "filesystem", "about", "view-source"}
+)
+
+
+def _redirect_allowed(value: object) -> bool:
+    if not isinstance(value, str) or len(value) > 2048:
+        return False
+    match = _REDIRECT_URI.match(value)
+    return match is not None and match.group(1).lower() not in _SCRIPT_OR_LOCAL_SCHEMES
+
 
 ACH_WITHDRAW_MINIMUM = Decimal("10")
 MAX_LINK_REF = 255
@@ -399,10 +416,10 @@ class Bank:
     def create_link_session(self, party_ref: str, body: dict[str, Any]) -> LinkSession:
         link_ref = _str_field(body, "partnerTransactionRef", max_len=MAX_LINK_REF)
         redirect = body.get("redirectUri")
-        if redirect is not None and (
-            not isinstance(redirect, str) or not redirect.startswith(("http://", "https://"))
-        ):
-            raise invalid_field("redirectUri", redirect, "redirectUri must be an http(s) URL.")
+        if redirect is not None and not _redirect_allowed(redirect):
+            raise invalid_field(
+                "redirectUri", redirect, "redirectUri must be an http(s) URL or an app deep link."
+            )
         self.active_party(party_ref)
         session = LinkSession(
             secrets.token_urlsafe(18),

@@ -99,7 +99,12 @@ async def finish(request: web.Request) -> web.StreamResponse:
         parts = urlsplit(session.redirect_uri)
         query = parse_qsl(parts.query, keep_blank_values=True)
         query += [("partnerTransactionRef", session.link_ref), ("status", status)]
-        raise web.HTTPSeeOther(urlunsplit(parts._replace(query=urlencode(query))))
+        # Set by hand: aiohttp's redirect classes parse the location with yarl, which turns an
+        # app's `myapp://bank-linked` into `myapp://bank-linked/`, not the URI the partner gave.
+        location = urlunsplit(parts._replace(query=urlencode(query)))
+        redirect = web.HTTPSeeOther(location)
+        redirect.headers["Location"] = location
+        raise redirect
     return _page(
         "Bank account linked" if status == "LINKED" else "Bank account not linked",
         f"<p>Status: {status}. You can close this window.</p>",

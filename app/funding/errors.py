@@ -33,6 +33,11 @@ class LimitExceeded(Unprocessable):
     title = "The amount exceeds a limit of the account"
 
 
+class InvalidProcessorToken(Unprocessable):
+    code = "invalid_processor_token"
+    title = "The Plaid processor token is invalid or expired"
+
+
 class UnknownBankAccount(Unprocessable):
     code = "unknown_bank_account"
     title = "The bank account named in the request does not exist"

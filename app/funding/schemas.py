@@ -10,12 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AnyUrl,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
-    HttpUrl,
     PlainSerializer,
     SecretStr,
     WithJsonSchema,
@@ -111,10 +112,49 @@ class ResponseModel(BaseModel):
 # --- requests ---------------------------------------------------------------------------------
 
 
+# Schemes a browser runs, reads locally or treats as something other than a place to land:
+# a redirect to one of them would run script or open a file in the consumer's browser. Every
+# other scheme is allowed, because partner apps come back through their own deep links
+# (`myapp://bank-linked`).
+_REFUSED_REDIRECT_SCHEMES = frozenset(
+    {
+        "javascript",
+        "vbscript",
+        "data",
+        "file",
+        "blob",
+        "filesystem",
+        "about",
+        "view-source",
+        "jar",
+        "ftp",
+        "ws",
+        "wss",
+    }
+)
+
+
+def _safe_redirect(value: AnyUrl) -> AnyUrl:
+    if value.scheme in _REFUSED_REDIRECT_SCHEMES:
+        raise PydanticCustomError(
+            "redirect_scheme_refused",
+            "redirectUri must be an http(s) URL or an app's own deep link (myapp://...); "
+            "{scheme}: is refused",
+            {"scheme": value.scheme},
+        )
+    return value
+
+
 class LinkSessionRequest(RequestModel):
-    redirect_uri: Annotated[HttpUrl, Field(max_length=2048)] | None = Field(
+    redirect_uri: (
+        Annotated[AnyUrl, Field(max_length=2048), AfterValidator(_safe_redirect)] | None
+    ) = Field(
         default=None,
-        description="Where Bakkt's hosted page sends the browser when the consumer is done.",
+        description="Where Bakkt's hosted page sends the browser when the consumer is done: "
+        "an https URL or the app's own deep link (`myapp://bank-linked`). Bakkt adds "
+        "`partnerTransactionRef` and `status` to its query. `javascript:`, `data:`, "
+        "`vbscript:`, `file:` and similar schemes are refused.",
+        examples=["myapp://bank-linked"],
     )
 
 
@@ -151,7 +191,10 @@ class WireDestination(RequestModel):
 
 
 class AchWithdrawalRequest(RequestModel):
-    method: Literal["ACH"]
+    method: Literal["ACH"] = Field(
+        default="ACH",
+        description="ACH to the linked bank account; the default, as for a deposit.",
+    )
     amount: Amount
     currency: Literal["USD"] = "USD"
     bank_account_id: uuid.UUID | None = Field(
@@ -166,8 +209,27 @@ class WireWithdrawalRequest(RequestModel):
     destination: WireDestination
 
 
+def _withdrawal_method(value: object) -> object:
+    # `method` picks the body's shape, so a missing one would be a 422 about a discriminator.
+    # Without it a withdrawal is ACH, like a deposit; a wire's destination without its method
+    # is refused by name rather than guessed into a wire.
+    if isinstance(value, dict) and "method" not in value:
+        if "destination" in value:
+            raise PydanticCustomError(
+                "method_required",
+                'method: "WIRE" is required with a destination; without method a withdrawal '
+                "is ACH to the linked bank account",
+            )
+        return {**value, "method": "ACH"}
+    return value
+
+
 WithdrawalRequest = Annotated[
-    AchWithdrawalRequest | WireWithdrawalRequest, Field(discriminator="method")
+    AchWithdrawalRequest | WireWithdrawalRequest,
+    # Discriminator, not Field(discriminator=...): FastAPI's body field drops the latter once a
+    # validator sits beside it, and the union would then report both shapes' errors.
+    Discriminator("method"),
+    BeforeValidator(_withdrawal_method),
 ]
 
 

@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from app.funding.errors import (
     BankAccountNotLinked,
     BankAccountUnderReview,
     InvalidCursor,
+    InvalidProcessorToken,
     LimitExceeded,
     NoLinkedBankAccount,
     PartyNotActive,
@@ -93,6 +95,13 @@ _LINK_NAMESPACE = uuid.UUID("2f6b7c8d-9e0a-5b1c-8d2e-3f4a5b6c7d8e")
 # When recovery (issue 7) should first look at a transaction in each open state.
 CHECK_PENDING_AFTER = timedelta(seconds=60)
 CHECK_UNKNOWN_AFTER = timedelta(seconds=10)
+
+# Bakkt's published minimum for an ACH withdrawal (docs/bakkt-contract.md §2.8); wires and
+# deposits have none. Checked here, before anything is written, so that a request under it is
+# bad input that changes nothing rather than a FAILED transaction in the consumer's history.
+ACH_WITHDRAWAL_MINIMUM = Decimal("10.00")
+# Bakkt names its minimum in its description ("... minimum withdrawal amount of $10.").
+_BAKKT_MINIMUM = re.compile(r"\$([0-9]+(?:\.[0-9]{1,2})?)")
 
 
 class Direction(StrEnum):
@@ -178,6 +187,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return created, uuid.UUID(ident)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor("Pass back the `nextCursor` of a previous page unchanged.") from None
+
+
+def _below_minimum(minimum: Decimal) -> AppError:
+    shown = f"{minimum:.2f}"
+    return BAKKT_REJECTIONS["below_minimum"](
+        f"An ACH withdrawal must be at least {shown} USD.",
+        extra={"minimum": shown, "currency": "USD"},
+    )
 
 
 class FundingService:
@@ -331,6 +348,12 @@ class FundingService:
         session = self.session
         party = await repo.lock_party_for_money(session, party_ref)
         self._gate(party, intent.direction)
+        if (
+            intent.direction is Direction.WITHDRAWAL
+            and intent.method is TransactionMethod.ACH
+            and intent.amount < ACH_WITHDRAWAL_MINIMUM
+        ):
+            raise _below_minimum(ACH_WITHDRAWAL_MINIMUM)
         account = None
         if intent.method is TransactionMethod.ACH:
             account = await self._usable_bank_account(
@@ -446,13 +469,20 @@ class FundingService:
             if moved:
                 txn.next_check_at = None
                 log.info("transfer %s rejected by Bakkt: %s", txn.id, exc.bakkt_type)
+                detail, extra = exc.consumer_message, {"transactionId": str(txn.id)}
+                if exc.code == "below_minimum":
+                    # Bakkt's minimum is above ours: name the one it gave, when it gave one.
+                    found = _BAKKT_MINIMUM.search(exc.description or "")
+                    if found is not None:
+                        named = _below_minimum(Decimal(found.group(1)))
+                        detail, extra = named.detail, {**extra, **named.extra}
                 body = problem_body(
                     status=exc.http_status,
                     code=exc.code,
                     title=BAKKT_REJECTIONS[exc.code].title,
-                    detail=exc.consumer_message,
+                    detail=detail,
                     instance=instance,
-                    extra={"transactionId": str(txn.id)},
+                    extra=extra,
                 )
                 if exc.http_status >= 500:
                     # Our set-up is at fault, not the request: nothing is stored, so the same
@@ -556,20 +586,39 @@ class FundingService:
                 # Our set-up is at fault, not the token: keep nothing, so a retry can work.
                 await self._abandon_link(claimed, account.id)
                 raise rejection_error(exc) from None
+            status, code, title, detail = (
+                exc.http_status,
+                exc.code,
+                BAKKT_REJECTIONS[exc.code].title,
+                exc.consumer_message,
+            )
+            if code == "relink_required":
+                # Bakkt's "no such item" / "auth not active" on a token it has never seen means
+                # the token itself is bad; relink_required is for a link that worked before.
+                status, code, title = (
+                    InvalidProcessorToken.status_code,
+                    InvalidProcessorToken.code,
+                    InvalidProcessorToken.title,
+                )
+                detail = (
+                    "Bakkt did not accept the processor token (invalid or expired). Create a new "
+                    "one with Plaid's /processor/token/create (processor: bakkt) and send it "
+                    "with a new Idempotency-Key."
+                )
             locked = await repo.lock_bank_account(self.session, party_ref, account.id)
             if locked is not None and locked.status == BankAccountStatus.PENDING:
                 locked.status = BankAccountStatus.FAILED
-                locked.reason_code = exc.code
+                locked.reason_code = code
                 locked.updated_at = utcnow()
             problem = problem_body(
-                status=exc.http_status,
-                code=exc.code,
-                title=BAKKT_REJECTIONS[exc.code].title,
-                detail=exc.consumer_message,
+                status=status,
+                code=code,
+                title=title,
+                detail=detail,
                 instance=idem.path,
                 extra={"bankAccountId": str(account.id)},
             )
-            return await self._finish(claimed, exc.http_status, problem)
+            return await self._finish(claimed, status, problem)
         except BakktOutcomeUnknown:
             # It may have reached Bakkt: the row stays PENDING and the link webhook decides.
             log.warning("plaid link %s: outcome unknown, waiting for its webhook", account.id)

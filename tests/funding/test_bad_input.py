@@ -97,7 +97,6 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("deposits", {"amount": "10.00", "bankAccountId": "not-a-uuid"}, "bankAccountId"),
     ("deposits", {}, "amount"),
     ("deposits", ["10.00"], ""),
-    ("withdrawals", {"amount": "10.00"}, ""),
     ("withdrawals", {"method": "CHECK", "amount": "10.00"}, ""),
     ("withdrawals", {"method": "WIRE", "amount": "10.00"}, "WIRE.destination"),
     ("withdrawals", {"method": "ACH", "amount": "10.00", "destination": WIRE}, "ACH.destination"),
@@ -217,3 +216,34 @@ async def test_a_party_ref_that_is_not_printable_ascii_is_refused(
     response = await api.get("/v1/parties/al%20ice/bank-accounts", headers=auth("al ice"))
     assert response.status_code == 422
     assert response.json()["errors"][0]["name"] == "partyRef"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"amount": "20.00", "destination": WIRE}, 'method: "WIRE" is required with a destination'),
+        ({"method": "SEPA", "amount": "20.00"}, "'ACH', 'WIRE'"),
+        ({"method": None, "amount": "20.00"}, "'ACH', 'WIRE'"),
+    ],
+)
+async def test_a_withdrawal_with_a_wrong_or_missing_wire_method_says_which_methods_exist(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+    body: dict[str, Any],
+    reason: str,
+) -> None:
+    before = await snapshot(sql, party)
+    response = await api.post(
+        f"/v1/parties/{party}/withdrawals", json=body, headers=with_key(headers)
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "validation_failed"
+    assert reason in problem["errors"][0]["reason"]
+    assert WIRE["accountNumber"] not in response.text
+    assert await snapshot(sql, party) == before
+    assert await sandbox.transfers(party) == []

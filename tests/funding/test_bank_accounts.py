@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -94,10 +95,48 @@ async def test_a_link_session_replays_the_same_url_for_the_same_key(
     assert rows.scalar_one() == 1
 
 
+async def test_a_link_session_takes_an_apps_deep_link_and_bakkt_sends_the_browser_back_to_it(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+) -> None:
+    response = await api.post(
+        f"/v1/parties/{party}/link-sessions",
+        json={"redirectUri": "myapp://bank-linked"},
+        headers=with_key(headers),
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    async with httpx.AsyncClient() as browser:
+        done = await browser.post(body["linkUrl"], data={"bank": "checking"})
+    assert done.status_code == 303
+    location = urlsplit(done.headers["location"])
+    assert (location.scheme, location.netloc) == ("myapp", "bank-linked")
+    assert parse_qs(location.query) == {
+        "partnerTransactionRef": [body["bankAccountId"]],
+        "status": ["LINKED"],
+    }
+
+
 @pytest.mark.parametrize(
-    "redirect", ["javascript:alert(1)", "not a url", "ftp://files.example/x", 42]
+    "redirect",
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:msgbox(1)",
+        "file:///etc/passwd",
+        "blob:https://x.example/1",
+        "about:blank",
+        "ftp://files.example/x",
+        "not a url",
+        "/relative/path",
+        42,
+    ],
 )
-async def test_a_link_session_refuses_a_redirect_that_is_not_an_http_url(
+async def test_a_link_session_refuses_a_redirect_a_browser_would_run_or_read_locally(
     api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str], redirect: Any
 ) -> None:
     response = await api.post(
@@ -106,7 +145,11 @@ async def test_a_link_session_refuses_a_redirect_that_is_not_an_http_url(
         headers=with_key(headers),
     )
     assert response.status_code == 422
-    assert response.json()["errors"][0]["name"] == "redirectUri"
+    problem = response.json()
+    assert problem["code"] == "validation_failed"
+    assert problem["errors"][0]["name"] == "redirectUri"
+    if isinstance(redirect, str):
+        assert redirect not in response.text
     rows = await sql("SELECT count(*) FROM bank_accounts WHERE party_ref = :p", {"p": party})
     assert rows.scalar_one() == 0
 
@@ -179,8 +222,8 @@ async def test_a_plaid_link_is_pending_until_bakkts_webhook_and_the_token_is_kep
 @pytest.mark.parametrize(
     ("token", "status", "code"),
     [
-        ("processor-invalid-1", 409, "relink_required"),
-        ("processor-expired-1", 409, "relink_required"),
+        ("processor-invalid-1", 422, "invalid_processor_token"),
+        ("processor-expired-1", 422, "invalid_processor_token"),
         ("processor-unsupported-sync-1", 422, "unsupported_bank"),
     ],
 )
@@ -199,6 +242,7 @@ async def test_bakkts_link_rejections_fail_the_account_with_a_clear_code(
     assert response.status_code == status
     problem = response.json()
     assert problem["code"] == code
+    assert token not in response.text
     stored = await account_row(sql, problem["bankAccountId"])
     assert (stored["status"], stored["reason_code"]) == ("FAILED", code)
     replay = await api.post(f"/v1/parties/{party}/bank-accounts", json=body, headers=same)

@@ -30,6 +30,7 @@ ROUTE_IDS = [f"{m.upper()} {p.removeprefix(PREFIX)}" for m, p in ROUTES]
 ROUTE_CODES: dict[tuple[str, str], set[str]] = {
     ("post", f"{PREFIX}/link-sessions"): {"party_suspended", "bakkt_unavailable"},
     ("post", f"{PREFIX}/bank-accounts"): {
+        "invalid_processor_token",
         "relink_required",
         "unsupported_bank",
         "bakkt_unavailable",

@@ -205,7 +205,32 @@ async def test_bakkts_rejection_fails_the_transaction_and_maps_to_a_clear_4xx(
     assert detail.json()["reasonCode"] == "insufficient_balance"
 
 
-async def test_an_ach_withdrawal_below_bakkts_minimum_answers_below_minimum(
+async def test_an_ach_withdrawal_below_bakkts_minimum_names_the_minimum_and_writes_nothing(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+) -> None:
+    await sandbox.credit(party, "100.00")
+    before = await count(sql, "transactions", party)
+    response = await withdraw(api, party, headers, {"method": "ACH", "amount": "9.99"})
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "below_minimum"
+    assert (problem["minimum"], problem["currency"]) == ("10.00", "USD")
+    assert "10.00 USD" in problem["detail"]
+    assert "transactionId" not in problem
+    assert await count(sql, "transactions", party) == before
+    assert await sandbox.transfers(party) == []
+    listed = await api.get(f"/v1/parties/{party}/transactions", headers=headers)
+    assert listed.json()["items"] == []
+    at_minimum = await withdraw(api, party, headers, {"method": "ACH", "amount": "10.00"})
+    assert at_minimum.status_code == 202, at_minimum.text
+
+
+async def test_a_withdrawal_without_a_method_is_an_ach_withdrawal_like_a_deposit(
     api: httpx.AsyncClient,
     sandbox: RunningSandbox,
     party: str,
@@ -213,9 +238,31 @@ async def test_an_ach_withdrawal_below_bakkts_minimum_answers_below_minimum(
     linked: str,
 ) -> None:
     await sandbox.credit(party, "100.00")
-    response = await withdraw(api, party, headers, {"method": "ACH", "amount": "5.00"})
-    assert response.status_code == 422
-    assert response.json()["code"] == "below_minimum"
+    response = await withdraw(api, party, headers, {"amount": "20.00"})
+    assert response.status_code == 202, response.text
+    assert response.json()["method"] == "ACH"
+    [transfer] = await sandbox.transfers(party)
+    assert transfer["instrumentType"] == "ACH"
+
+
+async def test_a_refused_withdrawal_stays_in_the_consumers_list_as_failed_with_its_reason(
+    api: httpx.AsyncClient, party: str, headers: dict[str, str], linked: str
+) -> None:
+    refused = await withdraw(api, party, headers, {"amount": "40.00"})
+    assert refused.json()["code"] == "insufficient_balance"
+    listed = await api.get(f"/v1/parties/{party}/transactions", headers=headers)
+    [item] = listed.json()["items"]
+    assert (item["id"], item["status"], item["reasonCode"]) == (
+        refused.json()["transactionId"],
+        "FAILED",
+        "insufficient_balance",
+    )
+    only_moving = await api.get(
+        f"/v1/parties/{party}/transactions",
+        params={"status": ["PENDING", "COMPLETED"]},
+        headers=headers,
+    )
+    assert only_moving.json()["items"] == []
 
 
 async def test_a_party_that_bakkt_knows_as_suspended_gets_403_from_bakkts_answer(

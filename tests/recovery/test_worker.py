@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,16 @@ from app.recovery.worker import Job, Workers
 from tests.recovery.helpers import counter_by_label
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a condition of the loops, not for a time: on a loaded machine a loop may run
+    later than its interval says, never sooner."""
+    for _ in range(1500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the workers never got there in 15 s")
 
 
 async def test_job_loops_survive_errors_and_database_outages_and_stop_promptly() -> None:
@@ -56,7 +67,15 @@ async def test_job_loops_survive_errors_and_database_outages_and_stop_promptly()
         metrics=metrics,
     )
     workers.start()
-    await asyncio.sleep(1.2)
+    # The second try of a failing job comes after a 1 s backoff; the third would take 2 s more.
+    await until(
+        lambda: (
+            calls["ok"] > 10
+            and calls["broken"] >= 2
+            and calls["outage"] >= 2
+            and calls["slow"] == 1
+        )
+    )
     assert workers.running
 
     started = time.perf_counter()
@@ -77,16 +96,20 @@ async def test_job_loops_survive_errors_and_database_outages_and_stop_promptly()
 async def test_a_full_batch_runs_again_at_once() -> None:
     sizes = [5, 5, 5, 0]
     seen: list[int] = []
+    stamps: list[float] = []
 
     async def cycle() -> int:
+        stamps.append(time.monotonic())
         seen.append(sizes[min(len(seen), len(sizes) - 1)])
         return seen[-1]
 
     workers = Workers([Job("batch", 0.5, cycle, full_batch=5)])
     workers.start()
-    await asyncio.sleep(0.35)  # the first pause is at most half the interval
+    await until(lambda: len(seen) >= 4)
     await workers.stop()
     assert seen[:4] == [5, 5, 5, 0]
+    # Without the full-batch rule each of these would have waited at least 0.4 s.
+    assert stamps[3] - stamps[0] < 0.4
 
 
 async def test_bakkt_jobs_are_skipped_while_the_circuit_is_open() -> None:
@@ -109,7 +132,12 @@ async def test_bakkt_jobs_are_skipped_while_the_circuit_is_open() -> None:
         metrics=metrics,
     )
     workers.start()
-    await asyncio.sleep(0.2)
+    await until(
+        lambda: (
+            ran["local"] > 3
+            and metrics.value("recovery_skipped_circuit_open_total", job="settle") > 3
+        )
+    )
     await workers.stop()
     assert ran["bakkt"] == 0
     assert ran["local"] > 3

@@ -481,13 +481,28 @@ async def test_link_url_uses_the_public_url_setting() -> None:
             assert link["linkUrl"].startswith("https://bakkt.example/link/")
 
 
-async def test_link_url_validates_the_redirect(partner: Partner, party: str) -> None:
+@pytest.mark.parametrize(
+    "redirect", ["javascript:x", "DATA:text/html,x", "vbscript:x", "file:///etc/passwd", "x", 7]
+)
+async def test_link_url_validates_the_redirect(
+    partner: Partner, party: str, redirect: object
+) -> None:
     resp = await partner.post(
         party,
         "/bankAccountLinking/linkUrl",
-        {"partnerTransactionRef": "r", "redirectUri": "javascript:x"},
+        {"partnerTransactionRef": "r", "redirectUri": redirect},
     )
+    assert resp.status_code == 400
     assert resp.json()["details"][0]["field"] == "redirectUri"
+
+
+async def test_link_url_page_redirects_to_an_apps_deep_link(partner: Partner, party: str) -> None:
+    link = await create_link_url(partner, party, redirectUri="myapp://bank-linked")
+    done = await partner.http.post(link["linkUrl"], data={"bank": "checking"})
+    assert done.status_code == 303
+    assert done.headers["location"] == (
+        "myapp://bank-linked?partnerTransactionRef=hosted-1&status=LINKED"
+    )
 
 
 # -- transfer rules (A8) --------------------------------------------------------------------------
