@@ -63,6 +63,11 @@ async def insert_event(
     return (await session.execute(statement)).scalar_one_or_none()
 
 
+async def event_body(session: AsyncSession, request_id: str) -> bytes | None:
+    statement = select(WebhookEvent.body).where(WebhookEvent.request_id == request_id)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
 async def event_status(session: AsyncSession, request_id: str) -> str | None:
     statement = select(WebhookEvent.status).where(WebhookEvent.request_id == request_id)
     return (await session.execute(statement)).scalar_one_or_none()
