@@ -217,3 +217,15 @@ async def test_a_party_ref_that_is_not_printable_ascii_is_refused(
     response = await api.get("/v1/parties/al%20ice/bank-accounts", headers=auth("al ice"))
     assert response.status_code == 422
     assert response.json()["errors"][0]["name"] == "partyRef"
+
+
+@pytest.mark.parametrize("party_ref", ["%2E", "%2E%2E"])
+@pytest.mark.parametrize("tail", ["wire-instructions", "balance", "bank-accounts"])
+async def test_dot_segment_party_refs_are_refused_before_anything_reaches_bakkt(
+    api: httpx.AsyncClient, auth: TokenFactory, party_ref: str, tail: str
+) -> None:
+    # `GET /v1/parties/../wire-instructions` once went to Bakkt's partner-level path (the
+    # server decodes %2E, so this is the path a raw `..` arrives as).
+    answer = await api.get(f"/v1/parties/{party_ref}/{tail}", headers=auth("ops", admin=True))
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "validation_failed"
