@@ -43,6 +43,9 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
         pool_timeout=5,
+        # A failed statement's parameters are callers' values (account numbers, tokens in a
+        # body): never written into the exception text that reaches the log.
+        hide_parameters=True,
         connect_args={
             "timeout": 5,
             "command_timeout": max(settings.db_statement_timeout_ms / 1000, 1),
