@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from app import migrate
 from app.config import Settings, describe_settings_error, get_settings, is_settings_error
+from app.core.logs import log_formatter
 from app.serving import uvicorn_options
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
@@ -28,10 +29,9 @@ SANDBOX_STATE_DIR = DATA_DIR / "sandbox"
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 def _require_database_url(settings: Settings, *, wait_for_server: bool = False) -> str:
@@ -79,7 +79,7 @@ def _worker_log_config(settings: Settings) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+        "formatters": {"plain": {"()": "app.core.logs.log_formatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
         "root": {"level": settings.log_level.upper(), "handlers": ["stderr"]},
     }

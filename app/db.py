@@ -48,6 +48,9 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         # handler answers that request 503 `database_unavailable`, which the caller retries.
         pool_pre_ping=False,
         pool_timeout=5,
+        # A failed statement's parameters are callers' values (account numbers, tokens in a
+        # body): never written into the exception text that reaches the log.
+        hide_parameters=True,
         connect_args={
             "timeout": 5,
             "command_timeout": max(settings.db_statement_timeout_ms / 1000, 1),

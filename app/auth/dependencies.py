@@ -17,7 +17,13 @@ bearer_scheme = HTTPBearer(
     description="A JWT from the partner's identity provider (`fiat-onramp token` in development).",
 )
 
-PARTY_REF_PATTERN = r"^[\x21-\x7e]{1,255}$"
+# Printable ASCII, 1 to 255 characters, except the dot segments `.` and `..` (spelled without
+# a lookahead, which the Rust regex engine of pydantic does not have).
+PARTY_REF_PATTERN = (
+    r"^(?:[\x21-\x2d\x2f-\x7e][\x21-\x7e]{0,254}"
+    r"|\.[\x21-\x2d\x2f-\x7e][\x21-\x7e]{0,253}"
+    r"|\.\.[\x21-\x7e]{1,253})$"
+)
 
 
 def get_verifier(app: FastAPI) -> TokenVerifier:

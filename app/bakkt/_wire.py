@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -52,6 +53,9 @@ _SENSITIVE_FIELDS = frozenset(
 )
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class BadShape(ValueError):
     """A Bakkt body that lacks what we need or carries the wrong types."""
 
@@ -62,6 +66,9 @@ def loads(raw: bytes) -> Any:
         return json.loads(raw, parse_float=Decimal)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadShape(f"not JSON: {exc}") from None
+    except RecursionError:
+        # A body nested deeper than the interpreter's stack: verified or not, it is no event.
+        raise BadShape("not JSON we can read: nested too deep") from None
 
 
 def dumps(body: Mapping[str, Any]) -> bytes:
@@ -76,20 +83,31 @@ def _pick(obj: Mapping[str, Any], *names: str) -> Any:
     return None
 
 
+def _storable(value: str) -> bool:
+    """Postgres text holds neither NUL nor a lone surrogate (which UTF-8 cannot encode)."""
+    return "\x00" not in value and not _SURROGATE.search(value)
+
+
 def text(obj: Mapping[str, Any], *names: str) -> str:
+    """A required identifier or code: refused when it could not be stored or matched as sent."""
     value = _pick(obj, *names)
     if not isinstance(value, str) or not value:
         raise BadShape(f"{names[0]} missing or not a string")
+    if not _storable(value):
+        raise BadShape(f"{names[0]} holds NUL or a lone surrogate")
     return value
 
 
 def opt_text(obj: Mapping[str, Any], *names: str) -> str | None:
+    """Descriptive text: what Postgres cannot hold becomes U+FFFD, so a stray byte in a bank's
+    name never blocks the event it comes with."""
     value = _pick(obj, *names)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise BadShape(f"{names[0]} is not a string")
-    return str(value)
+    value = str(value)
+    return value if _storable(value) else _SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
 
 
 def decimal(obj: Mapping[str, Any], *names: str) -> Decimal:
@@ -106,19 +124,23 @@ def decimal(obj: Mapping[str, Any], *names: str) -> Decimal:
 
 
 def parse_time(value: Any, name: str) -> datetime:
-    if isinstance(value, str) and value:
-        try:
+    """An aware UTC time. Out of range (`1e20`, `9999-12-31T23:59:59-23:59`, which is past the
+    year 9999 in UTC) is a BadShape, never an OverflowError further on."""
+    try:
+        if isinstance(value, str) and value:
             parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise BadShape(f"{name} is not an ISO-8601 time") from None
-    elif isinstance(value, int | Decimal) and not isinstance(value, bool):
-        # docs/bakkt-contract.md §1 mentions epoch times; milliseconds when the number is too big
-        # for seconds.
-        seconds = float(value) / 1000 if value > 10**11 else float(value)
-        parsed = datetime.fromtimestamp(seconds, tz=UTC)
-    else:
-        raise BadShape(f"{name} missing or not a time")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        elif isinstance(value, int | Decimal) and not isinstance(value, bool):
+            # docs/bakkt-contract.md §1 mentions epoch times; milliseconds when the number is
+            # too big for seconds.
+            seconds = float(value) / 1000 if value > 10**11 else float(value)
+            parsed = datetime.fromtimestamp(seconds, tz=UTC)
+        else:
+            raise BadShape(f"{name} missing or not a time")
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        if isinstance(exc, BadShape):
+            raise
+        raise BadShape(f"{name} is not an ISO-8601 time in range") from None
 
 
 def time(obj: Mapping[str, Any], *names: str) -> datetime:
@@ -128,6 +150,15 @@ def time(obj: Mapping[str, Any], *names: str) -> datetime:
 def opt_time(obj: Mapping[str, Any], *names: str) -> datetime | None:
     value = _pick(obj, *names)
     return None if value is None else parse_time(value, names[0])
+
+
+def _lenient_time(obj: Mapping[str, Any], *names: str) -> datetime | None:
+    """A time nothing is decided by: unreadable is as good as absent."""
+    try:
+        return opt_time(obj, *names)
+    except BadShape:
+        log.warning("unreadable Bakkt %s ignored", names[0])
+        return None
 
 
 def enum_or_raw(cls: type[E], value: Any, name: str) -> E | str:
@@ -162,10 +193,21 @@ def token(body: Any) -> tuple[str, float | None]:
         raise BadShape("expiresIn is not a number of seconds") from None
 
 
-def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
+def transaction(
+    obj: Mapping[str, Any], *, fallback_time: datetime | None = None
+) -> BakktTransaction:
     # The whole object is assumed: docs/bakkt-contract.md A5. The request spelling
     # `fiatTransactType` and `instrumentType` are accepted for the kind because
-    # docs/bakkt-contract.md §4.4 leaves open which field carries it.
+    # docs/bakkt-contract.md §4.4 leaves open which field carries it. `createdAt` and
+    # `updatedAt` were never published: each stands in for the other, then `fallback_time`
+    # (a webhook's `eventTime`); the names filled in are in `missing`.
+    created = opt_time(obj, "createdAt")
+    updated = opt_time(obj, "updatedAt")
+    missing = tuple(n for n, v in (("createdAt", created), ("updatedAt", updated)) if v is None)
+    created = created or updated or fallback_time
+    updated = updated or created
+    if created is None or updated is None:
+        raise BadShape("createdAt missing or not a time")
     return BakktTransaction(
         transaction_ref=text(obj, "partnerTransactionRef"),
         related_transaction_ref=opt_text(obj, "relatedPartnerTransactionRef"),
@@ -180,8 +222,9 @@ def transaction(obj: Mapping[str, Any]) -> BakktTransaction:
         currency=opt_text(obj, "currency") or "USD",
         reason_code=opt_text(obj, "reasonCode"),
         reason_description=opt_text(obj, "reasonDescription"),
-        created_at=time(obj, "createdAt"),
-        updated_at=time(obj, "updatedAt"),
+        created_at=created,
+        updated_at=updated,
+        missing=missing,
     )
 
 
@@ -409,49 +452,60 @@ def webhook_type(event: WebhookEvent) -> str:
     return event.webhook_type
 
 
-def webhook(obj: Mapping[str, Any]) -> WebhookEvent:
+def webhook(obj: Mapping[str, Any], *, received_at: datetime | None = None) -> WebhookEvent:
+    """Only what applying needs is required (docs/bakkt-contract.md A6 is our assumption, not
+    Bakkt's word): the event id, type, the reference, the status, and for FIAT_EVENT the amount.
+    A missing `eventTime` is taken from the transaction's times, then from `received_at`; each
+    field filled in so is named in the event's `missing`."""
     event_id = text(obj, "requestId")
     kind = text(obj, "partnerWebhookType")
+    stated = opt_time(obj, "eventTime")
     if kind == FIAT_EVENT:
-        fiat = transaction(obj)
+        fiat = transaction(obj, fallback_time=stated or received_at)
+        at = stated or (fiat.updated_at if "updatedAt" not in fiat.missing else None)
         return FiatEvent(
             event_id=event_id,
             party_ref=fiat.party_ref,
-            event_time=time(obj, "eventTime"),
+            event_time=at or fiat.created_at,
             transaction=fiat,
+            missing=(() if stated else ("eventTime",)) + fiat.missing,
         )
-    if kind == PARTY_EVENT:
+    event_time = stated or received_at
+    missing = () if stated else ("eventTime",)
+    if kind in (PARTY_EVENT, BANK_ACCOUNT_LINK) and event_time is None:
+        raise BadShape("eventTime missing or not a time")
+    if kind == PARTY_EVENT and event_time is not None:
         return PartyEvent(
             event_id=event_id,
             party_ref=text(obj, "partnerPartyRef"),
-            event_time=time(obj, "eventTime"),
+            event_time=event_time,
             status=enum_or_raw(PartyStatus, obj.get("partyStatus"), "partyStatus"),
             reason_code=opt_text(obj, "reasonCode"),
             # docs/bakkt-contract.md §4.3: the casing of these two differs between Bakkt's pages.
             verification_url=opt_text(obj, "verificationURL", "verificationUrl"),
-            verification_url_expiry=opt_time(obj, "verificationURLExpiry", "verificationUrlExpiry"),
+            verification_url_expiry=_lenient_time(
+                obj, "verificationURLExpiry", "verificationUrlExpiry"
+            ),
+            missing=missing,
         )
-    if kind == BANK_ACCOUNT_LINK:
+    if kind == BANK_ACCOUNT_LINK and event_time is not None:
         return BankLinkEvent(
             event_id=event_id,
             party_ref=text(obj, "partnerPartyRef"),
-            event_time=time(obj, "eventTime"),
+            event_time=event_time,
             link_ref=text(obj, "partnerTransactionRef"),
             status=enum_or_raw(LinkStatus, obj.get("linkStatus"), "linkStatus"),
             reason_code=opt_text(obj, "reasonCode"),
             bank_name=opt_text(obj, "bankName"),
             account_mask=opt_text(obj, "accountMask"),
             account_type=opt_text(obj, "accountType"),
+            missing=missing,
         )
     log.warning("unknown Bakkt webhook type %r (event %s) kept as is", kind, event_id)
     party_ref = obj.get("partnerPartyRef")
-    try:
-        event_time = opt_time(obj, "eventTime")
-    except BadShape:
-        event_time = None
     return UnknownEvent(
         event_id=event_id,
-        party_ref=party_ref if isinstance(party_ref, str) else None,
+        party_ref=party_ref if isinstance(party_ref, str) and _storable(party_ref) else None,
         event_time=event_time,
         webhook_type=kind,
         body=obj,

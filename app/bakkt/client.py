@@ -34,6 +34,7 @@ from app.bakkt.errors import (
     BakktRateLimited,
     BakktRejected,
     BakktUnavailable,
+    BakktUnsendable,
 )
 from app.bakkt.transport import TRANSPORT_ERRORS, build_http_client, classify
 from app.bakkt.types import (
@@ -166,6 +167,15 @@ def _jwt_lifetime(token: str) -> float:
         return 60.0
 
 
+def path_segment(value: str) -> str:
+    """One path segment toward Bakkt: `/`, `?`, `#` and `%` are percent-encoded. `.` and `..`
+    are refused, not encoded: yarl (under the aiohttp transport) decodes `%2E` and then resolves
+    the dot segment, so `..` would reach another Bakkt endpoint whatever its spelling."""
+    if value in (".", ".."):
+        raise BakktUnsendable("a dot segment cannot be a Bakkt reference in a path")
+    return quote(value, safe="")
+
+
 class BakktClient:
     def __init__(
         self,
@@ -183,7 +193,7 @@ class BakktClient:
         self._sleep = sleep
         self._rng = random.SystemRandom()
         self._tokens = _TokenCache(self._fetch_token, config.token_refresh_margin, clock)
-        self._party_root = f"{_PREFIX}/partner/{quote(config.partner_id, safe='')}/party"
+        self._party_root = f"{_PREFIX}/partner/{path_segment(config.partner_id)}/party"
         # Whether Bakkt answered the latest heartbeat; None before the first (the `bakkt_up`
         # gauge on /metrics).
         self.last_heartbeat_ok: bool | None = None
@@ -318,7 +328,7 @@ class BakktClient:
         # docs/bakkt-contract.md A3.
         ex = await self._exchange(
             "GET",
-            self._party(party_ref, f"transactions/{quote(transaction_ref, safe='')}"),
+            self._party(party_ref, f"transactions/{path_segment(transaction_ref)}"),
             _READ,
         )
         if ex.response.is_success:
@@ -405,7 +415,7 @@ class BakktClient:
     # --- plumbing ----------------------------------------------------------------------------
 
     def _party(self, party_ref: str, tail: str) -> str:
-        return f"{self._party_root}/{quote(party_ref, safe='')}/{tail}"
+        return f"{self._party_root}/{path_segment(party_ref)}/{tail}"
 
     async def _fetch_token(self) -> tuple[str, float | None]:
         # docs/bakkt-contract.md A1: Basic client credentials, grant_type as a form field.

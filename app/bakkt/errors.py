@@ -105,6 +105,10 @@ class BakktError(Exception):
     """Base of everything the Bakkt client raises."""
 
 
+class BakktUnsendable(BakktError, ValueError):
+    """A reference that cannot be one segment of a Bakkt path (`.` or `..`); nothing was sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class FieldError:
     type: str | None

@@ -125,6 +125,8 @@ class BakktTransaction:
     reason_description: str | None
     created_at: datetime
     updated_at: datetime
+    # Assumed fields Bakkt left out, filled in from others (`createdAt`, `updatedAt`).
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,8 @@ class FiatEvent:
     party_ref: str
     event_time: datetime
     transaction: BakktTransaction
+    # Assumed fields the event left out, filled in from others (`eventTime`, `createdAt` ...).
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,8 @@ class PartyEvent:
     reason_code: str | None
     verification_url: str | None
     verification_url_expiry: datetime | None
+    # Assumed fields the event left out, filled in from others (`eventTime`, `createdAt` ...).
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,8 @@ class BankLinkEvent:
     # Last 4 digits only.
     account_mask: str | None
     account_type: str | None
+    # Assumed fields the event left out, filled in from others (`eventTime`, `createdAt` ...).
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +213,7 @@ class UnknownEvent:
     event_time: datetime | None
     webhook_type: str
     body: Mapping[str, Any]
+    missing: tuple[str, ...] = ()
 
 
 WebhookEvent = FiatEvent | PartyEvent | BankLinkEvent | UnknownEvent

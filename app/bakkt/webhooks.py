@@ -6,6 +6,8 @@ Field and header names are in `app.bakkt._wire`, with the rest of Bakkt's wire f
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from app.bakkt import _wire as wire
 from app.bakkt._wire import (
     WEBHOOK_ID_HEADER,
@@ -33,9 +35,10 @@ __all__ = [
 ]
 
 
-def parse_webhook(body: bytes) -> WebhookEvent:
+def parse_webhook(body: bytes, *, received_at: datetime | None = None) -> WebhookEvent:
+    """`received_at` stands in for an event time the body does not state."""
     try:
         obj = wire.mapping(wire.loads(body), "webhook body")
-        return wire.webhook(obj)
+        return wire.webhook(obj, received_at=received_at)
     except wire.BadShape as exc:
         raise MalformedWebhook(str(exc)) from None

@@ -66,19 +66,28 @@ class BodySizeLimitMiddleware:
             return
 
         received = 0
+        too_large = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if too_large:
+                # The app caught our exception while reading the body (FastAPI turns any error
+                # there into a 400): its answer is replaced by the 413 that is the truth.
+                if message["type"] == "http.response.start" and not response_started:
+                    response_started = True
+                    await self._reject(send, limit)
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from decimal import ROUND_DOWN, Decimal
 
+# The amount_cents columns are bigint.
+MAX_CENTS = 2**63 - 1
+
 
 def to_cents(amount: Decimal) -> int:
     """Cents of an amount already known to be whole cents (validated input, settings); a
@@ -13,9 +16,9 @@ def to_cents(amount: Decimal) -> int:
 
 def whole_cents(amount: Decimal) -> int | None:
     """Cents of an amount someone else sent (Bakkt), or None when the ledger cannot hold it
-    (negative, sub-cent)."""
+    (negative, sub-cent, or past the cents column: `1e20` dollars overflows a bigint)."""
     cents = amount.scaleb(2)
-    if cents < 0 or cents != cents.to_integral_value():
+    if cents < 0 or cents > MAX_CENTS or cents != cents.to_integral_value():
         return None
     return int(cents)
 

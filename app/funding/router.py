@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import party_access
 from app.auth.tokens import AuthenticationRequired, AuthKeysUnavailable, InvalidToken, TokenExpired
+from app.core.json_body import DuplicateField, UnstorableText, sound_json_body
 from app.db import get_session
 from app.errors import PROBLEM_JSON, AppError, NotFound, PayloadTooLarge, Unprocessable
 from app.errors import problem_responses as _problem_responses
@@ -68,7 +69,9 @@ def get_service(
     return FundingService(session, request.app.state.bakkt, request.app.state.settings)
 
 
-def idempotency_key(request: Request) -> str:
+def idempotency_key(
+    request: Request, _sound_body: Annotated[None, Depends(sound_json_body)]
+) -> str:
     # Read by hand rather than as a Header parameter: a missing key is our 400 with its own
     # code, not FastAPI's generic 422. The OpenAPI entry is added by IDEMPOTENT below.
     return parse_key(request.headers.get(HEADER))
@@ -134,7 +137,7 @@ _IDEMPOTENCY_ERRORS: tuple[type[AppError], ...] = (
     IdempotencyKeyReused,
     IdempotencyRequestInProgress,
 )
-_BODY_ERRORS: tuple[type[AppError], ...] = (PayloadTooLarge,)
+_BODY_ERRORS: tuple[type[AppError], ...] = (PayloadTooLarge, DuplicateField, UnstorableText)
 _ALL_BAKKT_REJECTIONS = tuple(BAKKT_REJECTIONS.values())
 
 

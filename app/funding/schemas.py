@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -313,6 +313,18 @@ class WireInstructionsOut(ResponseModel):
     beneficiary_address: str
 
 
+def _in_utc(value: datetime) -> datetime:
+    # `9999-12-31T23:59:59-23:59` is a valid ISO time past the year 9999 in UTC, and
+    # `0001-01-01T00:00:00+23:59` one before the year 1: neither is a time we can compare.
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("time_out_of_range", "the time is out of range in UTC") from None
+
+
+InRangeTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 class TransactionQuery(BaseModel):
     """Filters of the transaction list, parsed from the query string."""
 
@@ -322,8 +334,8 @@ class TransactionQuery(BaseModel):
     cursor: str | None = Field(default=None, max_length=200)
     status: list[TransactionStatus] = Field(default_factory=list)
     type: list[TransactionType] = Field(default_factory=list)
-    created_from: AwareDatetime | None = Field(default=None, alias="createdFrom")
-    created_to: AwareDatetime | None = Field(default=None, alias="createdTo")
+    created_from: InRangeTime | None = Field(default=None, alias="createdFrom")
+    created_to: InRangeTime | None = Field(default=None, alias="createdTo")
 
 
 def dump(model: BaseModel) -> Any:

@@ -32,6 +32,8 @@ class EventStatus(StrEnum):
     UNMATCHED = "UNMATCHED"
     HELD = "HELD"
     MALFORMED = "MALFORMED"
+    # A delivery under a stored requestId with another body: kept, never applied.
+    CONFLICT = "CONFLICT"
 
 
 class WebhookEvent(Base):
@@ -54,7 +56,8 @@ class WebhookEvent(Base):
     )
     # RECEIVED (stored, not yet applied), APPLIED, IGNORED (stale, forbidden or not ours to
     # act on), PARKED (its transaction is unknown yet), UNMATCHED (parked too long), HELD
-    # (amount or currency disagrees with our row), MALFORMED (verified but unreadable).
+    # (amount or currency disagrees with our row), MALFORMED (verified but unreadable),
+    # CONFLICT (another body under a stored requestId, kept under a derived id, not applied).
     status: Mapped[str] = mapped_column(String(16), default=EventStatus.RECEIVED)
     outcome: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

@@ -86,6 +86,11 @@ async def insert_event(
     return event_pk
 
 
+async def event_body(session: AsyncSession, request_id: str) -> bytes | None:
+    statement = select(WebhookEvent.body).where(WebhookEvent.request_id == request_id)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
 async def event_status(session: AsyncSession, request_id: str) -> str | None:
     status: str | None = (
         await session.execute(_EVENT_STATUS, {"request_id": request_id})

@@ -14,5 +14,6 @@ class WebhookReceipt(BaseModel):
     duplicate: bool = Field(description="The event was already stored; nothing changed")
     status: str = Field(
         description="What became of the event: APPLIED, IGNORED, PARKED, HELD, MALFORMED, "
-        "UNMATCHED, or RECEIVED while it is still being applied"
+        "UNMATCHED, CONFLICT (a redelivery whose body differs from the stored one: kept for an "
+        "operator, not applied), or RECEIVED while it is still being applied"
     )

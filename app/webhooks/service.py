@@ -9,15 +9,17 @@ up again by `rematch_parked`, which the recovery worker runs on a schedule.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.alerts.service import AlertSpec, add_alert
+from app.alerts.service import AlertSpec, add_alert, add_alert_once
 from app.bakkt.types import LinkStatus
 from app.bakkt.types import PartyStatus as BakktPartyStatus
 from app.bakkt.webhooks import (
@@ -32,6 +34,7 @@ from app.bakkt.webhooks import WebhookEvent as ParsedEvent
 from app.core.backoff import backoff
 from app.core.clock import utcnow
 from app.core.text import clip
+from app.errors import is_database_unavailable
 from app.funding import bakkt_sync
 from app.funding import repository as funding_repo
 from app.funding.bakkt_sync import ACCOUNT_UNUSABLE_CODES, Verdict
@@ -106,13 +109,57 @@ async def receive(session: AsyncSession, delivery: VerifiedWebhook) -> Receipt:
     """Store a verified delivery once, then apply it. Never calls Bakkt."""
     now = delivery.received_at
     try:
-        event = parse_webhook(delivery.body)
+        event = parse_webhook(delivery.body, received_at=now)
     except MalformedWebhook as exc:
         return await _store_malformed(session, delivery, str(exc))
     if len(event.event_id) > 255:
         return await _store_malformed(session, delivery, "requestId is longer than 255 characters")
+    try:
+        event_pk = await _insert_received(session, delivery, event)
+    except Exception as exc:
+        await session.rollback()
+        # An outage is not the body's fault: the delivery is refused (503) and Bakkt retries it,
+        # rather than a good event being set aside as MALFORMED.
+        if is_database_unavailable(exc):
+            raise
+        # Whatever the database refused in what we read from this body, the body itself is
+        # kept: a verified webhook is always stored, so Bakkt can stop and an operator can look.
+        logger.exception("storing webhook %s failed; kept as MALFORMED", event.event_id)
+        return await _store_malformed(session, delivery, "its fields could not be stored")
+    if event_pk is None:
+        conflict = await _conflicting_redelivery(session, delivery, event.event_id)
+        if conflict is not None:
+            return conflict
+        # A redelivery of the stored body changes nothing once the first delivery has been
+        # applied: its stored status is the answer, with no claim and no second transaction.
+        stored = await repo.event_status(session, event.event_id)
+        if stored is not None and stored != EventStatus.RECEIVED:
+            await session.rollback()
+            return Receipt(event.event_id, duplicate=True, status=stored)
+    await session.commit()
 
-    event_pk = await repo.insert_event(
+    # A redelivery changes nothing, except that it may finish an event whose first apply was
+    # lost; the claim (SKIP LOCKED, status RECEIVED) keeps that to one worker at a time. What
+    # is applied is always the stored event: a redelivery gets here only when its body is the
+    # stored one (a different body was set aside above), so its parse is the stored event's.
+    status = await _apply_stored(
+        session,
+        event.event_id,
+        parsed=event,
+        now=now,
+        statuses=(EventStatus.RECEIVED,),
+    )
+    if status is None:
+        status = await repo.event_status(session, event.event_id) or EventStatus.RECEIVED
+        await session.rollback()
+    return Receipt(event.event_id, duplicate=event_pk is None, status=status)
+
+
+async def _insert_received(
+    session: AsyncSession, delivery: VerifiedWebhook, event: ParsedEvent
+) -> int | None:
+    now = delivery.received_at
+    return await repo.insert_event(
         session,
         request_id=event.event_id,
         event_type=webhook_type(event)[:64],
@@ -131,25 +178,50 @@ async def receive(session: AsyncSession, delivery: VerifiedWebhook) -> Receipt:
         needs_operator=False,
         next_attempt_at=now + STRANDED_AFTER,
     )
-    if event_pk is None:
-        # A redelivery changes nothing once the first delivery has been applied: its stored
-        # status is the answer, read in the same transaction (the conflicting insert wrote
-        # nothing), with no claim and no second transaction.
-        stored = await repo.event_status(session, event.event_id)
-        if stored is not None and stored != EventStatus.RECEIVED:
-            await session.rollback()
-            return Receipt(event.event_id, duplicate=True, status=stored)
-    await session.commit()
 
-    # A redelivery of an event still RECEIVED may finish one whose first apply was lost; the
-    # claim (SKIP LOCKED, status RECEIVED) keeps that to one worker at a time.
-    status = await _apply_stored(
-        session, event.event_id, parsed=event, now=now, statuses=(EventStatus.RECEIVED,)
+
+async def _conflicting_redelivery(
+    session: AsyncSession, delivery: VerifiedWebhook, request_id: str
+) -> Receipt | None:
+    """A delivery under a stored requestId whose body differs from the stored one: kept under
+    an id derived from both, with an alert, and never applied. None when the bodies agree (or
+    retention has cleared the stored one, so there is nothing to compare against)."""
+    stored = await repo.event_body(session, request_id)
+    await session.rollback()
+    if stored is None or _same_event(stored, delivery.body):
+        return None
+    digest = hashlib.sha256(request_id.encode() + b"\n" + delivery.body).hexdigest()
+    conflict_id = f"conflict:{digest}"
+    why = f"requestId {request_id!r} is stored with another body; this one was not applied"
+    event_pk = await repo.insert_event(
+        session,
+        request_id=conflict_id,
+        event_type=None,
+        party_ref=None,
+        transaction_ref=None,
+        related_ref=None,
+        body=delivery.body,
+        headers=delivery.headers,
+        event_time=None,
+        received_at=delivery.received_at,
+        status=EventStatus.CONFLICT,
+        outcome=f"conflict: {why}",
+        needs_operator=True,
+        next_attempt_at=None,
     )
-    if status is None:
-        status = await repo.event_status(session, event.event_id) or EventStatus.RECEIVED
-        await session.rollback()
-    return Receipt(event.event_id, duplicate=event_pk is None, status=status)
+    if event_pk is not None:
+        add_alert(
+            session,
+            AlertSpec(
+                "webhook_body_conflict",
+                f"webhook {request_id}",
+                f"A verified redelivery carries another body: {why}.",
+                {"requestId": request_id, "conflictId": conflict_id},
+            ),
+        )
+        logger.warning("webhook %s: %s (kept as %s)", request_id, why, conflict_id)
+    await session.commit()
+    return Receipt(request_id, duplicate=True, status=EventStatus.CONFLICT)
 
 
 async def _store_malformed(session: AsyncSession, delivery: VerifiedWebhook, why: str) -> Receipt:
@@ -185,7 +257,24 @@ async def _store_malformed(session: AsyncSession, delivery: VerifiedWebhook, why
         )
         logger.warning("webhook %s malformed: %s", request_id, why)
     await session.commit()
+    if event_pk is None:
+        conflict = await _conflicting_redelivery(session, delivery, request_id)
+        if conflict is not None:
+            return conflict
     return Receipt(request_id, duplicate=event_pk is None, status=EventStatus.MALFORMED)
+
+
+def _same_event(stored: bytes, sent: bytes) -> bool:
+    """The same JSON, whatever its spacing or key order (a sender may re-serialize a
+    redelivery); anything unreadable is only the same as itself, byte for byte."""
+    if stored == sent:
+        return True
+    try:
+        return bool(
+            json.loads(stored, parse_float=Decimal) == json.loads(sent, parse_float=Decimal)
+        )
+    except (ValueError, RecursionError):
+        return False
 
 
 # -- applying ------------------------------------------------------------------------------------
@@ -223,8 +312,14 @@ async def _apply_stored(
 async def _apply_claimed(
     session: AsyncSession, row: WebhookEvent, *, parsed: ParsedEvent | None, now: datetime
 ) -> str:
-    event = parsed if parsed is not None else parse_webhook(row.body or b"")
+    event = (
+        parsed
+        if parsed is not None
+        else parse_webhook(row.body or b"", received_at=row.received_at)
+    )
     outcome = await _apply(session, event, now=now)
+    if event.missing:
+        outcome = await _note_missing(session, event, outcome)
     row.attempts += 1
     row.processed_at = now
     row.next_attempt_at = None
@@ -287,6 +382,26 @@ async def _note_failure(
         logger.exception("could not record the failure of webhook %s", request_id)
 
 
+async def _note_missing(
+    session: AsyncSession, event: ParsedEvent, outcome: EventOutcome
+) -> EventOutcome:
+    """Fields this service assumes and the event left out never block it; they are named in
+    its outcome, and one open alert per webhook type says that Bakkt's shape differs from ours."""
+    missing = ", ".join(event.missing)
+    kind = webhook_type(event)[:64]
+    await add_alert_once(
+        session,
+        AlertSpec(
+            "webhook_fields_missing",
+            f"webhook type {kind}",
+            f"{kind} events come without {missing}; filled in from the event's other times.",
+            {"requestId": event.event_id, "missing": list(event.missing)},
+        ),
+    )
+    detail = f"{outcome.detail}; without {missing} (filled in)"
+    return EventOutcome(outcome.status, detail, outcome.alert)
+
+
 def _backoff(attempts: int) -> timedelta:
     seconds = backoff(attempts, base=RETRY_BASE.total_seconds(), cap=RETRY_CAP.total_seconds())
     return timedelta(seconds=seconds)
@@ -334,9 +449,11 @@ async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime)
         # Ours, and Bakkt's event outran our own commit (or it is not ours at all).
         return EventOutcome(EventStatus.PARKED, f"no transaction {bakkt.transaction_ref!r} yet")
     if verdict is Verdict.UNRECORDABLE:
+        # Held, not dropped: Bakkt moved money we cannot book (negative, sub-cent, or past
+        # the cents column, like 1e20); an operator books it by hand.
         return EventOutcome(
-            EventStatus.IGNORED,
-            f"cannot record amount {bakkt.amount} {bakkt.currency}",
+            EventStatus.HELD,
+            f"held: cannot record amount {bakkt.amount} {bakkt.currency}",
             Alert("webhook_bad_amount", subject, {"requestId": event.event_id}),
         )
     alert = applied.alert

@@ -8,7 +8,6 @@ static header token and an optional source-IP allow-list, each switched on by se
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -28,7 +27,7 @@ from app.bakkt.webhooks import (
     WEBHOOK_TIMESTAMP_HEADER,
     WEBHOOK_TOKEN_HEADER,
 )
-from app.config import Settings
+from app.config import Settings, webhook_secret_key
 from app.errors import PayloadTooLarge, Unauthorized
 
 logger = logging.getLogger("app.webhooks")
@@ -99,17 +98,6 @@ REJECTIONS: tuple[type[WebhookRejected], ...] = (
 )
 
 
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: base64 after the `whsec_` prefix."""
-    try:
-        key = base64.b64decode(secret.strip().removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("a webhook secret is not `whsec_` followed by base64") from None
-    if not key:
-        raise ValueError("a webhook secret is empty")
-    return key
-
-
 def sign(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
     """One `v1,<base64>` signature, as the sender computes it (the tests sign with this)."""
     digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
@@ -148,7 +136,8 @@ class WebhookVerifier:
         max_body_bytes: int = 256 * 1024,
         tolerance_seconds: int = TIMESTAMP_TOLERANCE_SECONDS,
     ) -> None:
-        self._keys = [secret_key(s) for s in secrets]
+        # The one parser of `whsec_` secrets; Settings validated them already at start.
+        self._keys = [webhook_secret_key(s) for s in secrets]
         self._token = static_token.encode() if static_token else None
         self._networks: list[IpNetwork] = []
         for entry in allowed_ips:

@@ -3,11 +3,18 @@ database; rejected values are never echoed."""
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from app.config import Settings
+from app.db import create_engine
 from bakkt_sandbox.testing import RunningSandbox
 from tests.funding.conftest import TokenFactory
 from tests.funding.helpers import Execute, link_account, with_key
@@ -216,6 +223,153 @@ async def test_a_party_ref_that_is_not_printable_ascii_is_refused(
     response = await api.get("/v1/parties/al%20ice/bank-accounts", headers=auth("al ice"))
     assert response.status_code == 422
     assert response.json()["errors"][0]["name"] == "partyRef"
+
+
+@pytest.mark.parametrize("party_ref", ["%2E", "%2E%2E"])
+@pytest.mark.parametrize("tail", ["wire-instructions", "balance", "bank-accounts"])
+async def test_dot_segment_party_refs_are_refused_before_anything_reaches_bakkt(
+    api: httpx.AsyncClient, auth: TokenFactory, party_ref: str, tail: str
+) -> None:
+    # `GET /v1/parties/../wire-instructions` once went to Bakkt's partner-level path (the
+    # server decodes %2E, so this is the path a raw `..` arrives as).
+    answer = await api.get(f"/v1/parties/{party_ref}/{tail}", headers=auth("ops", admin=True))
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "validation_failed"
+
+
+UNSTORABLE: list[tuple[str, bytes, str]] = [
+    (
+        "withdrawals",
+        b'{"method": "WIRE", "amount": "10.00", "destination": {"routingNumber": "021000021",'
+        b' "accountNumber": "000123456789", "bankName": "Ch\\u0000ase"}}',
+        "destination.bankName",
+    ),
+    ("bank-accounts", b'{"processorToken": "processor-\\ud800"}', "processorToken"),
+    ("deposits", b'{"amount": "10.00", "\\u0000": 1}', "the body"),
+]
+
+
+@pytest.mark.parametrize(("route", "raw", "where"), UNSTORABLE, ids=["nul", "surrogate", "key"])
+async def test_nul_and_lone_surrogates_in_a_body_are_refused_with_a_code(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+    route: str,
+    raw: bytes,
+    where: str,
+) -> None:
+    before = await snapshot(sql, party)
+    response = await api.post(
+        f"/v1/parties/{party}/{route}",
+        content=raw,
+        headers={**with_key(headers), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_characters"
+    assert where in response.json()["detail"]
+    assert response.headers["x-request-id"]
+    assert "processor-" not in response.text
+    assert await snapshot(sql, party) == before
+    assert await sandbox.transfers(party) == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"amount": "-5", "amount": "25.00"}',
+        b'{"amount": "25.00", "amount": "25.00"}',
+        b'{"method": "ACH", "amount": "25.00", "method": "WIRE"}',
+    ],
+)
+async def test_duplicate_json_keys_in_a_money_moving_body_are_refused(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+    linked: str,
+    raw: bytes,
+) -> None:
+    before = await snapshot(sql, party)
+    route = "withdrawals" if b"method" in raw else "deposits"
+    response = await api.post(
+        f"/v1/parties/{party}/{route}",
+        content=raw,
+        headers={**with_key(headers), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "duplicate_field"
+    assert await snapshot(sql, party) == before
+    assert await sandbox.transfers(party) == []
+
+
+async def test_a_chunked_body_over_the_limit_gets_413_not_400(
+    api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str], linked: str
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"amount": "10.00", "padding": "'
+        for _ in range(20):
+            yield b"x" * 8192
+        yield b'"}'
+
+    before = await snapshot(sql, party)
+    response = await api.post(
+        f"/v1/parties/{party}/deposits",
+        content=chunks(),
+        headers={**with_key(headers), "Content-Type": "application/json"},
+    )
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert await snapshot(sql, party) == before
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"createdFrom": "9999-12-31T23:59:59-23:59"},
+        {"createdTo": "0001-01-01T00:00:00+23:59"},
+    ],
+)
+async def test_transaction_filters_out_of_range_in_utc_are_refused(
+    api: httpx.AsyncClient, party: str, headers: dict[str, str], query: dict[str, str]
+) -> None:
+    response = await api.get(f"/v1/parties/{party}/transactions", params=query, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_failed"
+    assert "out of range" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"])
+async def test_a_forged_cursor_with_a_time_out_of_range_is_refused(
+    api: httpx.AsyncClient, party: str, headers: dict[str, str], stamp: str
+) -> None:
+    raw = json.dumps([stamp, "00000000-0000-0000-0000-000000000000"]).encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    response = await api.get(
+        f"/v1/parties/{party}/transactions", params={"cursor": cursor}, headers=headers
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_cursor"
+
+
+async def test_a_failed_statement_never_carries_its_parameters_into_the_log(
+    settings: Settings,
+) -> None:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as failed:
+                # The error is the statement's, not the value's: only a parameter echo could
+                # carry the value into the exception text.
+                await conn.execute(text("SELECT CAST(:v AS text), 1 / 0"), {"v": "000123456789"})
+    finally:
+        await engine.dispose()
+    assert "000123456789" not in str(failed.value)
+    assert "hidden due to hide_parameters" in str(failed.value)
 
 
 @pytest.mark.parametrize(

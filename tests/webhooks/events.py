@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.config import DEV_WEBHOOK_SECRET
+from app.config import DEV_WEBHOOK_SECRET, webhook_secret_key
 from app.funding.models import BankAccount, Party, Transaction, TransactionHistory
-from app.webhooks.verify import secret_key, sign
+from app.webhooks.verify import sign
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 URL = "/webhooks/bakkt"
@@ -115,7 +115,7 @@ def signed_headers(
     timestamp: int | None = None,
 ) -> dict[str, str]:
     ts = int(time.time()) if timestamp is None else timestamp
-    signatures = " ".join(sign(secret_key(s), msg_id, ts, body) for s in secrets)
+    signatures = " ".join(sign(webhook_secret_key(s), msg_id, ts, body) for s in secrets)
     return {
         "content-type": "application/json",
         "webhook-id": msg_id,

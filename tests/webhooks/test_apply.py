@@ -450,7 +450,7 @@ async def test_a_bakkt_transaction_with_an_unrecordable_amount_is_flagged(
         "w-neg", party="p-neg", ref="bakkt-adj-neg", kind="OTHER_ADJUSTMENT", status="COMPLETE",
         amount="-5", at=_at(1),
     )  # fmt: skip
-    assert (await deliver(client, event)).json()["status"] == "IGNORED"
+    assert (await deliver(client, event)).json()["status"] == "HELD"
     assert (await _event(session, "w-neg")).needs_operator
     assert len(await _alerts(session, "webhook_bad_amount")) == 1
 

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import DEV_WEBHOOK_SECRET
+from app.config import DEV_WEBHOOK_SECRET, webhook_secret_key
 from app.webhooks.models import WebhookEvent
 from app.webhooks.verify import (
     WebhookHeadersMissing,
@@ -20,7 +20,6 @@ from app.webhooks.verify import (
     WebhookTokenInvalid,
     WebhookVerifier,
     metrics_for,
-    secret_key,
     sign,
 )
 from tests.webhooks.conftest import HarnessFactory
@@ -36,7 +35,7 @@ def _check(verifier: WebhookVerifier, **overrides: object) -> None:
     args: dict[str, object] = {
         "msg_id": "evt-sig",
         "timestamp": str(NOW),
-        "signature": sign(secret_key(DEV_WEBHOOK_SECRET), "evt-sig", NOW, BODY),
+        "signature": sign(webhook_secret_key(DEV_WEBHOOK_SECRET), "evt-sig", NOW, BODY),
         "body": BODY,
         "now": float(NOW),
     }
@@ -53,7 +52,7 @@ def test_a_valid_signature_passes() -> None:
 
 def test_the_signature_is_the_standard_webhooks_one() -> None:
     # The published Standard Webhooks test vector.
-    key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    key = webhook_secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     body = b'{"test": 2432232314}'
     assert (
         sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
@@ -62,7 +61,7 @@ def test_the_signature_is_the_standard_webhooks_one() -> None:
 
 
 def test_a_signature_by_another_secret_is_refused() -> None:
-    other = sign(secret_key(new_secret()), "evt-sig", NOW, BODY)
+    other = sign(webhook_secret_key(new_secret()), "evt-sig", NOW, BODY)
     with pytest.raises(WebhookSignatureInvalid):
         _check(DEV, signature=other)
 
@@ -70,23 +69,23 @@ def test_a_signature_by_another_secret_is_refused() -> None:
 def test_both_secrets_are_accepted_during_a_rotation() -> None:
     old, new = DEV_WEBHOOK_SECRET, new_secret()
     rotating = WebhookVerifier(secrets=[old, new])
-    _check(rotating, signature=sign(secret_key(old), "evt-sig", NOW, BODY))
-    _check(rotating, signature=sign(secret_key(new), "evt-sig", NOW, BODY))
+    _check(rotating, signature=sign(webhook_secret_key(old), "evt-sig", NOW, BODY))
+    _check(rotating, signature=sign(webhook_secret_key(new), "evt-sig", NOW, BODY))
     after = WebhookVerifier(secrets=[new])
     with pytest.raises(WebhookSignatureInvalid):
-        _check(after, signature=sign(secret_key(old), "evt-sig", NOW, BODY))
+        _check(after, signature=sign(webhook_secret_key(old), "evt-sig", NOW, BODY))
 
 
 def test_one_matching_signature_among_several_is_enough() -> None:
-    good = sign(secret_key(DEV_WEBHOOK_SECRET), "evt-sig", NOW, BODY)
-    bad = sign(secret_key(new_secret()), "evt-sig", NOW, BODY)
+    good = sign(webhook_secret_key(DEV_WEBHOOK_SECRET), "evt-sig", NOW, BODY)
+    bad = sign(webhook_secret_key(new_secret()), "evt-sig", NOW, BODY)
     _check(DEV, signature=f"{bad} v1a,AAAA {good}")
 
 
 @pytest.mark.parametrize("skew", [-301, 301, -3600, 86_400])
 def test_stale_and_future_timestamps_are_refused(skew: int) -> None:
     ts = NOW + skew
-    signature = sign(secret_key(DEV_WEBHOOK_SECRET), "evt-sig", ts, BODY)
+    signature = sign(webhook_secret_key(DEV_WEBHOOK_SECRET), "evt-sig", ts, BODY)
     with pytest.raises(WebhookTimestampInvalid):
         _check(DEV, timestamp=str(ts), signature=signature)
 
@@ -95,7 +94,9 @@ def test_stale_and_future_timestamps_are_refused(skew: int) -> None:
 def test_timestamps_within_five_minutes_pass(skew: int) -> None:
     ts = NOW + skew
     _check(
-        DEV, timestamp=str(ts), signature=sign(secret_key(DEV_WEBHOOK_SECRET), "evt-sig", ts, BODY)
+        DEV,
+        timestamp=str(ts),
+        signature=sign(webhook_secret_key(DEV_WEBHOOK_SECRET), "evt-sig", ts, BODY),
     )
 
 
@@ -139,6 +140,18 @@ def test_signature_headers_without_a_v1_signature_are_refused(garbage: str) -> N
 def test_a_malformed_secret_is_refused_when_the_verifier_is_built() -> None:
     with pytest.raises(ValueError, match="whsec_"):
         WebhookVerifier(secrets=["whsec_not base64!"])
+
+
+def test_the_verifier_parses_secrets_with_the_one_config_parser() -> None:
+    # One parser of `whsec_` secrets (app.config): what Settings refuses, the verifier refuses.
+    from app.webhooks import verify
+
+    assert not hasattr(verify, "secret_key")
+    bare = DEV_WEBHOOK_SECRET.removeprefix("whsec_")
+    with pytest.raises(ValueError, match="whsec_"):
+        webhook_secret_key(bare)
+    with pytest.raises(ValueError, match="whsec_"):
+        WebhookVerifier(secrets=[bare])
 
 
 def test_the_allow_list_takes_addresses_and_networks() -> None:
