@@ -68,6 +68,11 @@ class BankAccountLinkPending(Conflict):
     title = "The bank account's link has not finished yet"
 
 
+class BankAccountReplaced(Conflict):
+    code = "bank_account_replaced"
+    title = "A later link replaced this bank account; Bakkt uses the current one"
+
+
 class BankAccountNotFound(NotFound):
     code = "bank_account_not_found"
     title = "No such bank account"

@@ -33,6 +33,7 @@ from app.db import Base
 class LinkMethod(StrEnum):
     PLAID = "PLAID"
     HOSTED = "HOSTED"  # Bakkt's hosted bank-picker page (docs/bakkt-contract.md A2)
+    ACCOUNT_DETAILS = "ACCOUNT_DETAILS"  # routing and account number (bankAccountLinking/ach)
 
 
 class PartyStatus(StrEnum):
@@ -50,6 +51,9 @@ class BankAccountStatus(StrEnum):
     FAILED = "FAILED"
     UNLINKED = "UNLINKED"
     DISABLED = "DISABLED"  # an ACH return said the account is unusable
+    # A later link succeeded: Bakkt keeps one account per party and now moves money through that
+    # one, so this one is kept only for the record and can no longer be used.
+    REPLACED = "REPLACED"
 
 
 class TransactionType(StrEnum):
@@ -98,6 +102,10 @@ class Party(Base):
     status_reason: Mapped[str | None] = mapped_column(String(64))
     # Bakkt's time of the event that set the status, so a late PARTY_EVENT cannot undo a newer one.
     status_event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # DOCUMENT_VERIFICATION's upload page and its expiry, from the PARTY_EVENT that set it;
+    # cleared by any later status event.
+    verification_url: Mapped[str | None] = mapped_column(Text)
+    verification_url_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -135,6 +143,41 @@ class BankAccount(Base):
     status_event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        # Bakkt keeps one linked account per party (`/transfer` names none): so do we.
+        Index(
+            "uq_bank_accounts_one_linked",
+            "party_ref",
+            unique=True,
+            postgresql_where=text("status = 'LINKED'"),
+        ),
+    )
+
+
+class BankAccountHistory(Base):
+    """Append-only: every status a bank account took, who moved it and why."""
+
+    __tablename__ = "bank_account_history"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    bank_account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("bank_accounts.id"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            "source IN ('api', 'webhook', 'sync', 'admin', 'migration')", name="source_known"
+        ),
+    )
 
 
 class Transaction(Base):

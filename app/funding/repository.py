@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     bindparam,
+    delete,
     exists,
     func,
     select,
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.funding.models import (
     BankAccount,
+    BankAccountHistory,
     BankAccountStatus,
     Party,
     PartyStatus,
@@ -117,6 +119,8 @@ async def insert_party(
     reason: str | None,
     event_time: datetime,
     now: datetime,
+    verification_url: str | None = None,
+    verification_url_expires_at: datetime | None = None,
 ) -> bool:
     """A party first heard of in its own PARTY_EVENT; False when the row exists already."""
     statement = (
@@ -126,6 +130,8 @@ async def insert_party(
             status=status,
             status_reason=reason,
             status_event_time=event_time,
+            verification_url=verification_url,
+            verification_url_expires_at=verification_url_expires_at,
             created_at=now,
             updated_at=now,
         )
@@ -272,7 +278,28 @@ async def newest_bank_account(
     return (await session.scalars(_NEWEST_BANK_ACCOUNT, params)).one_or_none()
 
 
+async def newest_sent_link(
+    session: AsyncSession, party_ref: str, methods: Sequence[str]
+) -> BankAccount | None:
+    """The newest PENDING link of one of `methods`."""
+    statement = (
+        select(BankAccount)
+        .where(
+            BankAccount.party_ref == party_ref,
+            BankAccount.status == BankAccountStatus.PENDING,
+            BankAccount.link_method.in_(methods),
+        )
+        .order_by(BankAccount.created_at.desc(), BankAccount.id.desc())
+        .limit(1)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
 async def delete_bank_account(session: AsyncSession, account_id: uuid.UUID) -> None:
+    """Only for a link Bakkt certainly never saw: it leaves no trace, history included."""
+    await session.execute(
+        delete(BankAccountHistory).where(BankAccountHistory.bank_account_id == account_id)
+    )
     account = await session.get(BankAccount, account_id)
     if account is not None:
         await session.delete(account)
@@ -291,6 +318,8 @@ async def insert_bank_account(
     reason_code: str | None,
     event_time: datetime,
     now: datetime,
+    history_note: str | None = None,
+    event_id: str | None = None,
 ) -> bool:
     """A bank account Bakkt linked without our asking; False when the row exists already."""
     statement = (
@@ -312,7 +341,21 @@ async def insert_bank_account(
         .on_conflict_do_nothing(index_elements=[BankAccount.link_ref])
         .returning(BankAccount.id)
     )
-    return (await session.execute(statement)).scalar_one_or_none() is not None
+    created = (await session.execute(statement)).scalar_one_or_none()
+    if created is None:
+        return False
+    add_bank_account_history(
+        session,
+        account_id=created,
+        from_status=None,
+        to_status=status,
+        source="webhook",
+        event_id=event_id,
+        reason_code=reason_code,
+        event_time=event_time,
+        note=history_note,
+    )
+    return True
 
 
 async def disable_bank_account(
@@ -320,14 +363,24 @@ async def disable_bank_account(
 ) -> bool:
     """DISABLED is where an unusable account stays: the first return code that disabled it is
     kept, so a later event cannot re-enable or re-label it."""
-    statement = (
-        update(BankAccount)
-        .where(BankAccount.id == account_id, BankAccount.status != BankAccountStatus.DISABLED)
-        .values(status=BankAccountStatus.DISABLED, reason_code=reason_code, updated_at=now)
-        .execution_options(synchronize_session=False)
+    account = await session.get(
+        BankAccount, account_id, with_for_update={"key_share": True}, populate_existing=True
     )
-    result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
+    if account is None or account.status == BankAccountStatus.DISABLED:
+        return False
+    add_bank_account_history(
+        session,
+        account_id=account_id,
+        from_status=account.status,
+        to_status=BankAccountStatus.DISABLED,
+        source="webhook",
+        reason_code=reason_code,
+        note=f"an ACH return ({reason_code}) says the account cannot be used",
+    )
+    account.status = BankAccountStatus.DISABLED
+    account.reason_code = reason_code
+    account.updated_at = now
+    return True
 
 
 async def flag_bank_account_for_review(
@@ -341,6 +394,98 @@ async def flag_bank_account_for_review(
     )
     result = await session.execute(statement)
     return bool(getattr(result, "rowcount", 0))
+
+
+def add_bank_account_history(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    from_status: str | None,
+    to_status: str,
+    source: str,
+    event_id: str | None = None,
+    reason_code: str | None = None,
+    note: str | None = None,
+    event_time: datetime | None = None,
+) -> None:
+    session.add(
+        BankAccountHistory(
+            bank_account_id=account_id,
+            from_status=from_status,
+            to_status=to_status,
+            source=source,
+            event_id=event_id,
+            reason_code=reason_code,
+            note=note,
+            event_time=event_time,
+        )
+    )
+
+
+async def bank_account_history(
+    session: AsyncSession, account_id: uuid.UUID
+) -> Sequence[BankAccountHistory]:
+    statement = (
+        select(BankAccountHistory)
+        .where(BankAccountHistory.bank_account_id == account_id)
+        .order_by(BankAccountHistory.id)
+    )
+    return (await session.scalars(statement)).all()
+
+
+async def linked_bank_account(session: AsyncSession, party_ref: str) -> BankAccount | None:
+    """The party's current account: the one Bakkt moves its ACH money through."""
+    statement = (
+        select(BankAccount)
+        .where(BankAccount.party_ref == party_ref, BankAccount.status == BankAccountStatus.LINKED)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def supersede_linked(
+    session: AsyncSession,
+    *,
+    party_ref: str,
+    new_link_ref: str,
+    event_time: datetime,
+    event_id: str | None,
+    now: datetime,
+) -> BankAccount | None:
+    """Make room for the link `new_link_ref` to become the party's LINKED account, as Bakkt
+    does when a link succeeds: the LINKED one becomes REPLACED, with a history row. When the
+    LINKED one was linked later than `event_time` (its event came first), it stays and is
+    returned: then it is the new one that Bakkt has replaced. Must run before the new one is
+    set LINKED (one LINKED per party is a unique index)."""
+    statement = (
+        select(BankAccount)
+        .where(
+            BankAccount.party_ref == party_ref,
+            BankAccount.status == BankAccountStatus.LINKED,
+            BankAccount.link_ref != new_link_ref,
+        )
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    current = (await session.scalars(statement)).one_or_none()
+    if current is None:
+        return None
+    if current.status_event_time is not None and current.status_event_time > event_time:
+        return current
+    add_bank_account_history(
+        session,
+        account_id=current.id,
+        from_status=current.status,
+        to_status=BankAccountStatus.REPLACED,
+        source="webhook",
+        event_id=event_id,
+        event_time=event_time,
+        note=f"replaced by the link {new_link_ref}, which Bakkt completed later",
+    )
+    current.status = BankAccountStatus.REPLACED
+    current.updated_at = now
+    await session.flush()
+    return None
 
 
 # --- transactions -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +24,7 @@ from app.funding.errors import (
     BankAccountLinkPending,
     BankAccountNotFound,
     BankAccountNotLinked,
+    BankAccountReplaced,
     BankAccountUnderReview,
     InvalidCursor,
     InvalidProcessorToken,
@@ -34,6 +36,7 @@ from app.funding.errors import (
     UnknownBankAccount,
 )
 from app.funding.models import TransactionMethod
+from app.funding.party_status import REASONS
 from app.funding.service import (
     Direction,
     FundingService,
@@ -176,6 +179,8 @@ _GATE_ERRORS = (PartySuspended, PartyNotActive)
 _ACH_ERRORS = (
     UnknownBankAccount,
     NoLinkedBankAccount,
+    BankAccountLinkPending,
+    BankAccountReplaced,
     BankAccountNotLinked,
     BankAccountDisabled,
     BankAccountUnderReview,
@@ -219,9 +224,15 @@ async def create_link_session(
     "/bank-accounts",
     status_code=202,
     response_model=schemas.BankAccountOut,
-    summary="Link a bank account with a Plaid processor token",
-    description="The account is PENDING until Bakkt's link webhook says LINKED (with its bank "
-    "name and mask) or FAILED. The processor token is passed to Bakkt once and never stored.",
+    summary="Link a bank account: a Plaid processor token, or routing and account number",
+    description="Two bodies, told apart by their fields: `{processorToken}` (Plaid) or "
+    "`{routingNumber, accountNumber, accountType}` (account details; the routing number's ABA "
+    "checksum is checked, 422 `validation_failed` with `routing_number_checksum`). Either is "
+    "passed to Bakkt once and never stored (of an account number, only the last 4 digits). "
+    "The account is PENDING until Bakkt's link webhook says LINKED (with its bank name and "
+    "mask) or FAILED. Bakkt keeps **one** bank account per party: once this link succeeds it "
+    "becomes the party's current account and the one before it is REPLACED (kept in the list "
+    "and its history, no longer usable).",
     openapi_extra=IDEMPOTENT,
     responses=_responses(
         *_IDEMPOTENCY_ERRORS,
@@ -240,10 +251,15 @@ async def link_bank_account(
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
     service: Service,
-    body: schemas.PlaidLinkRequest,
+    body: schemas.BankAccountLinkRequest,
 ) -> JSONResponse:
-    idem = _idempotent(request, party_ref, key, body)
-    return render(await service.link_plaid(party_ref, body, idem))
+    shape = body.shape()
+    if shape is None:
+        # Neither shape: name the field of the simpler one, as a missing field would be.
+        missing = {"type": "missing", "loc": ("body", "processorToken"), "msg": "Field required"}
+        raise RequestValidationError([missing])
+    idem = _idempotent(request, party_ref, key, shape)
+    return render(await service.link_bank_account(party_ref, shape, idem))
 
 
 @router.get(
@@ -256,11 +272,28 @@ async def list_bank_accounts(party_ref: PartyRef, service: Service) -> schemas.B
     return await service.list_bank_accounts(party_ref)
 
 
+@router.get(
+    "/bank-accounts/{bankAccountId}",
+    response_model=schemas.BankAccountDetail,
+    summary="One bank account with its full status history",
+    responses=_responses(BankAccountNotFound, success=200, description="The bank account"),
+)
+async def get_bank_account(
+    party_ref: PartyRef,
+    service: Service,
+    bank_account_id: Annotated[uuid.UUID, Path(alias="bankAccountId")],
+) -> schemas.BankAccountDetail:
+    return await service.get_bank_account(party_ref, bank_account_id)
+
+
 @router.delete(
     "/bank-accounts/{bankAccountId}",
     status_code=200,
     response_model=schemas.BankAccountOut,
-    summary="Unlink a bank account at Bakkt",
+    summary="Unlink the party's current bank account at Bakkt",
+    description="Bakkt's unlink acts on the party's current account, so only that one (LINKED, "
+    "or DISABLED with nothing linked since) is unlinked at Bakkt. Any other account (REPLACED, "
+    "FAILED, UNLINKED) is already unusable: it is answered as it is and Bakkt is not called.",
     openapi_extra=IDEMPOTENT,
     responses=_responses(
         *_IDEMPOTENCY_ERRORS,
@@ -269,7 +302,7 @@ async def list_bank_accounts(party_ref: PartyRef, service: Service) -> schemas.B
         *_ALL_BAKKT_REJECTIONS,
         BakktUnavailableProblem,
         success=200,
-        description="The bank account, UNLINKED",
+        description="The bank account: UNLINKED, or as it was when it was not the current one",
         idempotent=True,
     ),
 )
@@ -431,3 +464,22 @@ async def wire_instructions(
     result = await service.wire_instructions(party_ref)
     response.headers["Cache-Control"] = "no-store"
     return result
+
+
+_REASON_TABLE = "\n".join(f"| `{r.code}` | {r.meaning} | {r.effect} |" for r in REASONS.values())
+
+
+@router.get(
+    "",
+    response_model=schemas.PartyOut,
+    summary="The party's status at Bakkt, its reason, and what it may do now",
+    description="From Bakkt's PARTY_EVENT webhooks. `allowed` follows the status: ACTIVE may "
+    "do everything, LIQUIDATED may only withdraw, every other status nothing. ACH also needs "
+    "`currentBankAccount`. For `DOCUMENT_VERIFICATION`, `verificationUrl` is where the "
+    "consumer uploads documents before `verificationUrlExpiresAt`. A reason code not listed "
+    "below is shown as Bakkt sent it, with null meaning and effect.\n\n"
+    "| reasonCode | meaning | effect |\n|---|---|---|\n" + _REASON_TABLE,
+    responses=_responses(success=200, description="The party"),
+)
+async def get_party(party_ref: PartyRef, service: Service) -> schemas.PartyOut:
+    return await service.get_party(party_ref)

@@ -20,6 +20,7 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
@@ -165,6 +166,86 @@ class PlaidLinkRequest(RequestModel):
     )
 
 
+RoutingNumber = Annotated[
+    str,
+    Field(pattern=r"^[0-9]{9}$", description="9-digit ABA routing number (checksum checked)."),
+    AfterValidator(_aba_checksum),
+]
+AccountNumber = Annotated[
+    SecretStr,
+    AfterValidator(_account_digits),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9]{4,17}$", "writeOnly": True}),
+]
+
+
+AccountType = Literal["CHECKING", "SAVINGS"]
+
+
+class AccountDetailsLinkRequest(RequestModel):
+    """Linking by the account's routing and account number (Bakkt's bankAccountLinking/ach)."""
+
+    routing_number: RoutingNumber
+    account_number: AccountNumber = Field(
+        description="Sent to Bakkt once; only its last 4 digits are kept or shown."
+    )
+    account_type: AccountType
+
+
+_LINK_SHAPES = (
+    "send either `processorToken` alone (Plaid), or `routingNumber`, `accountNumber` and "
+    "`accountType` (account details)"
+)
+
+
+def _link_request_schema(schema: dict[str, Any]) -> None:
+    # Shown as what it accepts, the two shapes, rather than as the flat model that reads them.
+    schema.clear()
+    schema.update(
+        {
+            "title": "BankAccountLinkRequest",
+            "oneOf": [
+                PlaidLinkRequest.model_json_schema(by_alias=True),
+                AccountDetailsLinkRequest.model_json_schema(by_alias=True),
+            ],
+        }
+    )
+
+
+class BankAccountLinkRequest(RequestModel):
+    """The body of POST .../bank-accounts: one of two shapes, told apart by their fields. One
+    flat model (rather than a pydantic union) so that an error names the field as sent, never
+    a union member; the OpenAPI document shows the two shapes as `oneOf`."""
+
+    model_config = ConfigDict(json_schema_extra=_link_request_schema)
+
+    processor_token: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = None
+    routing_number: RoutingNumber | None = None
+    account_number: AccountNumber | None = None
+    account_type: AccountType | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> BankAccountLinkRequest:
+        details = (self.routing_number, self.account_number, self.account_type)
+        if self.processor_token is not None:
+            if any(v is not None for v in details):
+                raise PydanticCustomError("link_body_shape", _LINK_SHAPES)
+        elif any(v is None for v in details) and any(v is not None for v in details):
+            raise PydanticCustomError("link_body_shape", _LINK_SHAPES)
+        return self
+
+    def shape(self) -> PlaidLinkRequest | AccountDetailsLinkRequest | None:
+        """The request as one of its two shapes; None when it carries neither."""
+        if self.processor_token is not None:
+            return PlaidLinkRequest(processor_token=self.processor_token)
+        if self.routing_number and self.account_number and self.account_type:
+            return AccountDetailsLinkRequest(
+                routing_number=self.routing_number,
+                account_number=self.account_number,
+                account_type=self.account_type,
+            )
+        return None
+
+
 class DepositRequest(RequestModel):
     amount: Amount
     currency: Literal["USD"] = "USD"
@@ -174,7 +255,9 @@ class DepositRequest(RequestModel):
         "to the wire instructions and appear as transactions by themselves.",
     )
     bank_account_id: uuid.UUID | None = Field(
-        default=None, description="The linked account to pull from; default: the linked one."
+        default=None,
+        description="Optional. Bakkt pulls from the party's current (LINKED) account whatever "
+        "is named; naming any other account answers 409.",
     )
 
 
@@ -198,7 +281,9 @@ class AchWithdrawalRequest(RequestModel):
     amount: Amount
     currency: Literal["USD"] = "USD"
     bank_account_id: uuid.UUID | None = Field(
-        default=None, description="The linked account to pay into; default: the linked one."
+        default=None,
+        description="Optional. Bakkt pays into the party's current (LINKED) account whatever "
+        "is named; naming any other account answers 409.",
     )
 
 
@@ -246,7 +331,14 @@ class LinkSession(ResponseModel):
 
 class BankAccountOut(ResponseModel):
     id: uuid.UUID
-    status: BankAccountStatus
+    status: BankAccountStatus = Field(
+        description="PENDING until Bakkt's link webhook; LINKED is the party's one current "
+        "account (every ACH transfer uses it); REPLACED once a later link succeeded; FAILED, "
+        "UNLINKED, DISABLED (after an ACH return) are final."
+    )
+    current: bool = Field(
+        description="The account Bakkt moves ACH money through now (at most one per party)."
+    )
     link_method: str
     bank_name: str | None
     account_mask: str | None = Field(description="The last 4 digits of the account number.")
@@ -259,6 +351,46 @@ class BankAccountOut(ResponseModel):
 
 class BankAccountList(ResponseModel):
     items: list[BankAccountOut]
+
+
+class BankAccountHistoryEntryOut(ResponseModel):
+    from_status: BankAccountStatus | None = Field(alias="from")
+    to: BankAccountStatus
+    source: str = Field(description="api, webhook, sync, admin or migration")
+    reason_code: str | None
+    event_id: str | None
+    note: str | None
+    at: datetime
+
+
+class BankAccountDetail(BankAccountOut):
+    history: list[BankAccountHistoryEntryOut]
+
+
+class PartyActions(ResponseModel):
+    deposit: bool = Field(description="ACH (from the current account) and wire deposits.")
+    withdraw: bool
+    link_bank_account: bool
+
+
+class PartyOut(ResponseModel):
+    party_ref: str
+    status: str = Field(
+        description="ACTIVE, INACTIVE, SUSPENDED, LIQUIDATED, UNDER_REVIEW or CLOSED (Bakkt's "
+        "PARTY_EVENT); ACTIVE for a party Bakkt has told nothing about yet."
+    )
+    reason_code: str | None = Field(description="Bakkt's code, as sent (also an unknown one).")
+    reason_meaning: str | None = Field(description="null for a code Bakkt's guide lacks.")
+    reason_effect: str | None
+    status_changed_at: datetime | None = Field(description="Bakkt's time of the status event.")
+    allowed: PartyActions = Field(description="What the party may do now, by its status.")
+    verification_url: str | None = Field(
+        description="DOCUMENT_VERIFICATION only: where the consumer uploads the documents."
+    )
+    verification_url_expires_at: datetime | None
+    current_bank_account: BankAccountOut | None = Field(
+        description="The LINKED account every ACH transfer uses; null when there is none."
+    )
 
 
 class TransactionOut(ResponseModel):

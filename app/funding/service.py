@@ -52,6 +52,7 @@ from app.funding.errors import (
     BankAccountLinkPending,
     BankAccountNotFound,
     BankAccountNotLinked,
+    BankAccountReplaced,
     BankAccountUnderReview,
     InvalidCursor,
     InvalidProcessorToken,
@@ -77,6 +78,7 @@ from app.funding.models import (
     TransactionStatus,
     TransactionType,
 )
+from app.funding.party_status import REASONS, allowed, reason_fields
 from app.funding.state import record_creation, transition
 from app.funding.transfer import transfer_request
 from app.idempotency import service as idempotency
@@ -95,6 +97,9 @@ _LINK_NAMESPACE = uuid.UUID("2f6b7c8d-9e0a-5b1c-8d2e-3f4a5b6c7d8e")
 # When recovery (issue 7) should first look at a transaction in each open state.
 CHECK_PENDING_AFTER = timedelta(seconds=60)
 CHECK_UNKNOWN_AFTER = timedelta(seconds=10)
+# Bakkt's link webhook comes within seconds of the link request; what Retry-After suggests
+# when a deposit finds the party's only account still PENDING.
+LINK_PENDING_RETRY_AFTER = 5
 
 # Bakkt's published minimum for an ACH withdrawal (docs/bakkt-contract.md §2.8); wires and
 # deposits have none. Checked here, before anything is written, so that a request under it is
@@ -167,8 +172,33 @@ def bank_account_out(account: BankAccount) -> schemas.BankAccountOut:
         account_type=account.account_type,
         reason_code=account.reason_code,
         needs_review=account.needs_review,
+        current=account.status == BankAccountStatus.LINKED,
         created_at=account.created_at,
         updated_at=account.updated_at,
+    )
+
+
+def party_out(party_ref: str, party: Party | None, account: BankAccount | None) -> schemas.PartyOut:
+    # A party Bakkt has said nothing about is ACTIVE: that is how the money path treats it.
+    status = party.status if party is not None else PartyStatus.ACTIVE
+    code = party.status_reason if party is not None else None
+    reason = REASONS.get(code) if code else None
+    may = allowed(status)
+    return schemas.PartyOut(
+        party_ref=party_ref,
+        status=status,
+        reason_code=code,
+        reason_meaning=reason.meaning if reason else None,
+        reason_effect=reason.effect if reason else None,
+        status_changed_at=party.status_event_time if party is not None else None,
+        allowed=schemas.PartyActions(
+            deposit=may.deposit, withdraw=may.withdraw, link_bank_account=may.link
+        ),
+        verification_url=party.verification_url if party is not None else None,
+        verification_url_expires_at=(
+            party.verification_url_expires_at if party is not None else None
+        ),
+        current_bank_account=bank_account_out(account) if account is not None else None,
     )
 
 
@@ -225,7 +255,14 @@ class FundingService:
             return
         if status == PartyStatus.LIQUIDATED and direction is Direction.WITHDRAWAL:
             return
-        extra = {"partyStatus": status, "reasonCode": party.status_reason}
+        extra: dict[str, object] = {"partyStatus": status, **reason_fields(party.status_reason)}
+        if party.verification_url is not None:
+            extra["verificationUrl"] = party.verification_url
+            extra["verificationUrlExpiresAt"] = (
+                party.verification_url_expires_at.isoformat()
+                if party.verification_url_expires_at
+                else None
+            )
         if status == PartyStatus.SUSPENDED:
             raise PartySuspended("The account is suspended.", extra=extra)
         action = "deposit or link a bank account" if direction is Direction.DEPOSIT else "withdraw"
@@ -271,18 +308,37 @@ class FundingService:
     async def _usable_bank_account(
         self, party_ref: str, account_id: uuid.UUID | None, direction: Direction
     ) -> BankAccount:
-        if account_id is not None:
-            account = await repo.get_bank_account(self.session, party_ref, account_id)
-            if account is None:
+        """The party's current account, the one Bakkt's `/transfer` will use (it names none).
+        A request naming another one is refused rather than recorded against an account that
+        no money moves through."""
+        account = await repo.linked_bank_account(self.session, party_ref)
+        named = None
+        if account_id is not None and (account is None or account.id != account_id):
+            named = await repo.get_bank_account(self.session, party_ref, account_id)
+            if named is None:
                 raise UnknownBankAccount("No bank account with this id for this account.")
-        else:
-            account = await repo.newest_bank_account(
-                self.session, party_ref, [BankAccountStatus.LINKED]
-            ) or await repo.newest_bank_account(
-                self.session, party_ref, [BankAccountStatus.DISABLED]
-            )
+            if named.status == BankAccountStatus.REPLACED:
+                raise BankAccountReplaced(
+                    "A later link replaced this bank account; Bakkt moves money through the "
+                    "current one only. Name that one, or none.",
+                    extra={
+                        "bankAccountId": str(named.id),
+                        "currentBankAccountId": str(account.id) if account else None,
+                    },
+                )
+        if account is None:
+            account = named or await self._newest_unusable(party_ref)
             if account is None:
                 raise NoLinkedBankAccount("Link a bank account before moving money by ACH.")
+        elif named is not None:
+            # The current account is LINKED and another one was named (PENDING, FAILED...).
+            account = named
+        if account.status == BankAccountStatus.PENDING:
+            raise BankAccountLinkPending(
+                "The bank account's link has not been confirmed by Bakkt yet; retry shortly.",
+                extra={"bankAccountId": str(account.id)},
+                retry_after=LINK_PENDING_RETRY_AFTER,
+            )
         if account.status == BankAccountStatus.DISABLED:
             raise BankAccountDisabled(
                 "An ACH return showed this bank account cannot be used. Link another one.",
@@ -301,6 +357,15 @@ class FundingService:
                 extra={"bankAccountId": str(account.id)},
             )
         return account
+
+    async def _newest_unusable(self, party_ref: str) -> BankAccount | None:
+        """Why there is no current account: a link Bakkt has and will answer by webhook (Plaid,
+        account details) says more than a DISABLED account, which says more than nothing. A
+        hosted link session stays PENDING also when the consumer never finishes the page, so
+        it does not count."""
+        return await repo.newest_sent_link(
+            self.session, party_ref, [LinkMethod.PLAID, LinkMethod.ACCOUNT_DETAILS]
+        ) or await repo.newest_bank_account(self.session, party_ref, [BankAccountStatus.DISABLED])
 
     # --- the money path -------------------------------------------------------------------------
 
@@ -501,7 +566,11 @@ class FundingService:
         return uuid.uuid5(_LINK_NAMESPACE, f"{claimed.key_id}:{claimed.created_at.isoformat()}")
 
     async def _write_link(
-        self, party_ref: str, claimed: KeyClaim, method: LinkMethod
+        self,
+        party_ref: str,
+        claimed: KeyClaim,
+        method: LinkMethod,
+        known: tuple[str, str] | None = None,
     ) -> BankAccount:
         session = self.session
         party = await repo.lock_or_create_party(session, party_ref)
@@ -515,16 +584,32 @@ class FundingService:
             link_ref=str(account_id),
             link_method=method,
             status=BankAccountStatus.PENDING,
+            # Linking by account details: the last 4 digits and the type are known at once.
+            account_mask=known[0] if known else None,
+            account_type=known[1] if known else None,
             created_at=now,
             updated_at=now,
         )
         repo.add_bank_account(session, account)
+        await session.flush()
+        repo.add_bank_account_history(
+            session,
+            account_id=account_id,
+            from_status=None,
+            to_status=BankAccountStatus.PENDING,
+            source=HistorySource.API,
+            note=f"link requested ({method})",
+        )
         await idempotency.record_intent(session, claimed, None)
         await session.commit()
         return account
 
     async def _resume_or_write_link(
-        self, party_ref: str, claimed: KeyClaim, method: LinkMethod
+        self,
+        party_ref: str,
+        claimed: KeyClaim,
+        method: LinkMethod,
+        known: tuple[str, str] | None = None,
     ) -> tuple[BankAccount, bool]:
         """The link row (written now, or by an earlier holder of the key) and whether it is new."""
         if claimed.intent_written:
@@ -535,7 +620,7 @@ class FundingService:
             if account is not None:
                 return account, False
         try:
-            return await self._write_link(party_ref, claimed, method), True
+            return await self._write_link(party_ref, claimed, method, known), True
         except Exception:
             await idempotency.release_quietly(self.session, claimed)
             raise
@@ -567,24 +652,45 @@ class FundingService:
         )
         return await self._finish(claimed, 201, schemas.dump(session_out))
 
-    async def link_plaid(
-        self, party_ref: str, body: schemas.PlaidLinkRequest, idem: IdempotentRequest
+    async def link_bank_account(
+        self,
+        party_ref: str,
+        body: schemas.PlaidLinkRequest | schemas.AccountDetailsLinkRequest,
+        idem: IdempotentRequest,
     ) -> IdempotentResponse:
+        """Send a link to Bakkt once: a Plaid processor token, or an account's routing and
+        account number. Either way the account is PENDING until the link webhook, and the
+        secret part (token, account number) is passed on and never kept, beyond the account
+        number's last 4 digits."""
         claimed = await self._claim(idem)
         if isinstance(claimed, Replay):
             return IdempotentResponse(claimed.status, claimed.body, replayed=True)
-        account, new = await self._resume_or_write_link(party_ref, claimed, LinkMethod.PLAID)
+        if isinstance(body, schemas.PlaidLinkRequest):
+            method, known = LinkMethod.PLAID, None
+        else:
+            number = body.account_number.get_secret_value()
+            method, known = LinkMethod.ACCOUNT_DETAILS, (number[-4:], str(body.account_type))
+        account, new = await self._resume_or_write_link(party_ref, claimed, method, known)
         if not new:
             # The earlier holder may have sent the link already, and a link carries no
             # idempotency key at Bakkt: never send it twice. Its webhook settles the row.
             return await self._finish(claimed, 202, schemas.dump(bank_account_out(account)))
         try:
-            await self.bakkt.link_plaid(
-                party_ref, account.link_ref, body.processor_token.get_secret_value()
-            )
+            if isinstance(body, schemas.PlaidLinkRequest):
+                await self.bakkt.link_plaid(
+                    party_ref, account.link_ref, body.processor_token.get_secret_value()
+                )
+            else:
+                await self.bakkt.link_ach(
+                    party_ref,
+                    account.link_ref,
+                    body.account_number.get_secret_value(),
+                    body.routing_number,
+                    str(body.account_type),
+                )
         except BakktRejected as exc:
             if exc.http_status >= 500:
-                # Our set-up is at fault, not the token: keep nothing, so a retry can work.
+                # Our set-up is at fault, not the link: keep nothing, so a retry can work.
                 await self._abandon_link(claimed, account.id)
                 raise rejection_error(exc) from None
             status, code, title, detail = (
@@ -608,6 +714,15 @@ class FundingService:
                 )
             locked = await repo.lock_bank_account(self.session, party_ref, account.id)
             if locked is not None and locked.status == BankAccountStatus.PENDING:
+                repo.add_bank_account_history(
+                    self.session,
+                    account_id=locked.id,
+                    from_status=locked.status,
+                    to_status=BankAccountStatus.FAILED,
+                    source=HistorySource.API,
+                    reason_code=exc.code,
+                    note=f"rejected by Bakkt: {exc.status} {exc.bakkt_type}",
+                )
                 locked.status = BankAccountStatus.FAILED
                 locked.reason_code = code
                 locked.updated_at = utcnow()
@@ -622,11 +737,11 @@ class FundingService:
             return await self._finish(claimed, status, problem)
         except BakktOutcomeUnknown:
             # It may have reached Bakkt: the row stays PENDING and the link webhook decides.
-            log.warning("plaid link %s: outcome unknown, waiting for its webhook", account.id)
+            log.warning("%s link %s: outcome unknown, waiting for its webhook", method, account.id)
         except BakktError as exc:
             await self._abandon_link(claimed, account.id)
             raise unavailable_error(exc) from None
-        # Bakkt's 200 only says it took the token: whether the bank links (and its name and
+        # Bakkt's 200 only says it took the link: whether the bank links (and its name and
         # mask) comes in the BANK_ACCOUNT_LINK webhook, so the account stays PENDING till then.
         fresh = await repo.get_bank_account(self.session, party_ref, account.id)
         return await self._finish(claimed, 202, schemas.dump(bank_account_out(fresh or account)))
@@ -635,9 +750,35 @@ class FundingService:
         rows = await repo.list_bank_accounts(self.session, party_ref)
         return schemas.BankAccountList(items=[bank_account_out(a) for a in rows])
 
+    async def get_bank_account(
+        self, party_ref: str, account_id: uuid.UUID
+    ) -> schemas.BankAccountDetail:
+        account = await repo.get_bank_account(self.session, party_ref, account_id)
+        if account is None:
+            raise BankAccountNotFound("No bank account with this id.")
+        entries = await repo.bank_account_history(self.session, account.id)
+        return schemas.BankAccountDetail(
+            **bank_account_out(account).model_dump(),
+            history=[
+                schemas.BankAccountHistoryEntryOut(
+                    from_status=BankAccountStatus(h.from_status) if h.from_status else None,
+                    to=BankAccountStatus(h.to_status),
+                    source=h.source,
+                    reason_code=h.reason_code,
+                    event_id=h.event_id,
+                    note=h.note,
+                    at=h.recorded_at,
+                )
+                for h in entries
+            ],
+        )
+
     async def unlink(
         self, party_ref: str, account_id: uuid.UUID, idem: IdempotentRequest
     ) -> IdempotentResponse:
+        """Unlink the party's current account. Bakkt's unlink acts on the current account
+        whatever it is told, so it is called only when `account_id` is that one; any other
+        account is no longer linked at Bakkt, and unlinking it changes nothing."""
         claimed = await self._claim(idem)
         if isinstance(claimed, Replay):
             return IdempotentResponse(claimed.status, claimed.body, replayed=True)
@@ -647,12 +788,19 @@ class FundingService:
                 raise BankAccountNotFound("No bank account with this id.")
             if account.status == BankAccountStatus.PENDING:
                 raise BankAccountLinkPending(
-                    "Wait for the link to finish (or fail) before removing it."
+                    "Wait for the link to finish (or fail) before removing it.",
+                    retry_after=LINK_PENDING_RETRY_AFTER,
                 )
+            current = await repo.linked_bank_account(self.session, party_ref)
         except AppError:
             await idempotency.release(self.session, claimed)
             raise
-        if account.status in (BankAccountStatus.FAILED, BankAccountStatus.UNLINKED):
+        # A DISABLED account may still be the one Bakkt holds (not every return code makes
+        # Bakkt unlink it), unless a LINKED one has replaced it since.
+        is_current = account.status == BankAccountStatus.LINKED or (
+            account.status == BankAccountStatus.DISABLED and current is None
+        )
+        if not is_current:
             return await self._finish(claimed, 200, schemas.dump(bank_account_out(account)))
         await self.session.commit()
         try:
@@ -668,9 +816,23 @@ class FundingService:
             raise unavailable_error(exc) from None
         locked = await repo.lock_bank_account(self.session, party_ref, account_id)
         assert locked is not None  # noqa: S101 - bank accounts are never deleted once linked
-        locked.status = BankAccountStatus.UNLINKED
-        locked.updated_at = utcnow()
+        if locked.status in (BankAccountStatus.LINKED, BankAccountStatus.DISABLED):
+            repo.add_bank_account_history(
+                self.session,
+                account_id=locked.id,
+                from_status=locked.status,
+                to_status=BankAccountStatus.UNLINKED,
+                source=HistorySource.API,
+                note="unlinked at the consumer's request",
+            )
+            locked.status = BankAccountStatus.UNLINKED
+            locked.updated_at = utcnow()
         return await self._finish(claimed, 200, schemas.dump(bank_account_out(locked)))
+
+    async def get_party(self, party_ref: str) -> schemas.PartyOut:
+        party = await repo.get_party(self.session, party_ref)
+        account = await repo.linked_bank_account(self.session, party_ref)
+        return party_out(party_ref, party, account)
 
     # --- reads ----------------------------------------------------------------------------------
 

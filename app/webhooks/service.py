@@ -45,6 +45,7 @@ from app.funding.models import (
     LinkMethod,
     PartyStatus,
 )
+from app.funding.party_status import REASONS
 from app.webhooks import repository as repo
 from app.webhooks.models import EventStatus, WebhookEvent
 from app.webhooks.verify import VerifiedWebhook
@@ -77,6 +78,7 @@ _LINK_RANK = {
     BankAccountStatus.FAILED: 2,
     BankAccountStatus.UNLINKED: 3,
     BankAccountStatus.DISABLED: 4,
+    BankAccountStatus.REPLACED: 5,
 }
 
 
@@ -488,6 +490,23 @@ async def _apply_party(session: AsyncSession, event: PartyEvent, *, now: datetim
         )
     status = PartyStatus(event.status.value)
     reason = clip(event.reason_code, 64)
+    # Only DOCUMENT_VERIFICATION carries an upload page; any other event ends the old one.
+    verification = (
+        (event.verification_url, event.verification_url_expiry)
+        if reason == "DOCUMENT_VERIFICATION"
+        else (None, None)
+    )
+    # A code the guide does not list is applied all the same (the status is what gates) and
+    # shown raw; an operator learns of it.
+    unknown = (
+        None
+        if reason is None or reason in REASONS
+        else Alert(
+            "party_unknown_reason",
+            f"party {event.party_ref}",
+            {"reasonCode": reason, "requestId": event.event_id},
+        )
+    )
     if await funding_repo.insert_party(
         session,
         party_ref=event.party_ref,
@@ -495,8 +514,10 @@ async def _apply_party(session: AsyncSession, event: PartyEvent, *, now: datetim
         reason=reason,
         event_time=event.event_time,
         now=now,
+        verification_url=verification[0],
+        verification_url_expires_at=verification[1],
     ):
-        return EventOutcome(EventStatus.APPLIED, f"party recorded as {status}")
+        return EventOutcome(EventStatus.APPLIED, f"party recorded as {status} ({reason})", unknown)
     party = await funding_repo.lock_party(session, event.party_ref)
     if party is None:  # pragma: no cover - parties are never deleted
         raise RuntimeError(f"party {event.party_ref} vanished")
@@ -507,8 +528,9 @@ async def _apply_party(session: AsyncSession, event: PartyEvent, *, now: datetim
     party.status = status
     party.status_reason = reason
     party.status_event_time = event.event_time
+    party.verification_url, party.verification_url_expires_at = verification
     party.updated_at = now
-    return EventOutcome(EventStatus.APPLIED, f"party now {status} ({reason})")
+    return EventOutcome(EventStatus.APPLIED, f"party now {status} ({reason})", unknown)
 
 
 # -- BANK_ACCOUNT_LINK ---------------------------------------------------------------------------
@@ -533,9 +555,25 @@ async def _apply_link(
     mask = _last4(event.account_mask)
     account_type = clip(event.account_type, 32)
 
+    # Two links of one party may complete at once, and only one may end LINKED: their events
+    # are applied one after the other, under the party's row lock (taken before the account's,
+    # as a link request does).
+    await funding_repo.ensure_party(session, event.party_ref, now=now)
+    await funding_repo.lock_party(session, event.party_ref)
     account = await funding_repo.lock_bank_account_by_link_ref(session, event.link_ref)
     if account is None:
-        await funding_repo.ensure_party(session, event.party_ref, now=now)
+        newer = None
+        if target is BankAccountStatus.LINKED:
+            newer = await funding_repo.supersede_linked(
+                session,
+                party_ref=event.party_ref,
+                new_link_ref=event.link_ref,
+                event_time=event.event_time,
+                event_id=event.event_id,
+                now=now,
+            )
+            if newer is not None:
+                target = BankAccountStatus.REPLACED
         created = await funding_repo.insert_bank_account(
             session,
             party_ref=event.party_ref,
@@ -549,6 +587,8 @@ async def _apply_link(
             reason_code=reason,
             event_time=event.event_time,
             now=now,
+            event_id=event.event_id,
+            history_note=None if newer is None else f"Bakkt linked {newer.id} later",
         )
         if created:
             return EventOutcome(EventStatus.APPLIED, f"bank account recorded as {target}")
@@ -574,6 +614,31 @@ async def _apply_link(
         return EventOutcome(
             EventStatus.IGNORED, f"stale: the account is {account.status} since a later event"
         )
+    replaced_note = None
+    if target is BankAccountStatus.LINKED:
+        newer = await funding_repo.supersede_linked(
+            session,
+            party_ref=account.party_ref,
+            new_link_ref=account.link_ref,
+            event_time=event.event_time,
+            event_id=event.event_id,
+            now=now,
+        )
+        if newer is not None:
+            # Bakkt linked another account after this one: that one is current.
+            target = BankAccountStatus.REPLACED
+            replaced_note = f"linked, but bank account {newer.id} was linked later"
+    funding_repo.add_bank_account_history(
+        session,
+        account_id=account.id,
+        from_status=account.status,
+        to_status=target,
+        source=HistorySource.WEBHOOK,
+        event_id=event.event_id,
+        reason_code=reason,
+        event_time=event.event_time,
+        note=replaced_note,
+    )
     account.status = target
     account.reason_code = reason
     account.status_event_time = event.event_time

@@ -133,7 +133,25 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ),
     ("bank-accounts", {"processorToken": ""}, "processorToken"),
     ("bank-accounts", {"processorToken": 12345}, "processorToken"),
-    ("bank-accounts", {"token": "processor-x"}, "processorToken"),
+    ("bank-accounts", {"token": "processor-x"}, "token"),
+    ("bank-accounts", {}, "processorToken"),
+    ("bank-accounts", {"routingNumber": "011000015"}, "body"),
+    ("bank-accounts", {"processorToken": "p-x", "routingNumber": "011000015"}, "body"),
+    (
+        "bank-accounts",
+        {"routingNumber": "011000016", "accountNumber": "12345678", "accountType": "CHECKING"},
+        "routingNumber",
+    ),
+    (
+        "bank-accounts",
+        {"routingNumber": "011000015", "accountNumber": "12ab", "accountType": "CHECKING"},
+        "accountNumber",
+    ),
+    (
+        "bank-accounts",
+        {"routingNumber": "011000015", "accountNumber": "12345678", "accountType": "BROKERAGE"},
+        "accountType",
+    ),
     ("link-sessions", {"redirectUri": "https://x.example", "extra": 1}, "extra"),
 ]
 

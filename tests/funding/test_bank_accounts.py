@@ -23,6 +23,7 @@ ACCOUNT_FIELDS = {
     "accountType",
     "reasonCode",
     "needsReview",
+    "current",
     "createdAt",
     "updatedAt",
 }
@@ -281,6 +282,86 @@ async def test_a_rate_limited_plaid_link_answers_503_and_forgets_the_attempt(
     assert response.json()["code"] == "bakkt_unavailable"
     assert response.headers["retry-after"] == "60"
     rows = await sql("SELECT count(*) FROM bank_accounts WHERE party_ref = :p", {"p": party})
+    assert rows.scalar_one() == 0
+
+
+# --- account details ---------------------------------------------------------------------------
+
+DETAILS = {"routingNumber": "011000015", "accountNumber": "123456789", "accountType": "SAVINGS"}
+
+
+async def test_an_account_details_link_is_pending_with_its_mask_and_sent_to_bakkt_once(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+) -> None:
+    same = with_key(headers)
+    response = await api.post(f"/v1/parties/{party}/bank-accounts", json=DETAILS, headers=same)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["status"], body["linkMethod"], body["current"]) == (
+        "PENDING",
+        "ACCOUNT_DETAILS",
+        False,
+    )
+    assert (body["accountMask"], body["accountType"]) == ("6789", "SAVINGS")
+    assert DETAILS["accountNumber"] not in response.text
+    replay = await api.post(f"/v1/parties/{party}/bank-accounts", json=DETAILS, headers=same)
+    assert replay.json() == body
+    assert replay.headers["idempotent-replayed"] == "true"
+    at_bakkt = (await sandbox.party(party))["bankAccount"]
+    assert at_bakkt is not None
+    assert at_bakkt["partnerTransactionRef"] == body["id"]
+    rows = await sql("SELECT count(*) FROM bank_accounts WHERE party_ref = :p", {"p": party})
+    assert rows.scalar_one() == 1
+
+
+async def test_a_routing_number_failing_the_aba_checksum_is_refused_and_nothing_is_sent(
+    api: httpx.AsyncClient,
+    sql: Execute,
+    sandbox: RunningSandbox,
+    party: str,
+    headers: dict[str, str],
+) -> None:
+    bad = {**DETAILS, "routingNumber": "011000016"}
+    response = await api.post(
+        f"/v1/parties/{party}/bank-accounts", json=bad, headers=with_key(headers)
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "validation_failed"
+    assert [(e["name"], e["code"]) for e in problem["errors"]] == [
+        ("routingNumber", "routing_number_checksum")
+    ]
+    assert DETAILS["accountNumber"] not in response.text
+    rows = await sql("SELECT count(*) FROM bank_accounts WHERE party_ref = :p", {"p": party})
+    assert rows.scalar_one() == 0
+    assert (await sandbox.party(party))["bankAccount"] is None
+
+
+# --- the party ---------------------------------------------------------------------------------
+
+
+async def test_a_party_bakkt_said_nothing_about_reads_as_active_and_no_row_is_made(
+    api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str]
+) -> None:
+    response = await api.get(f"/v1/parties/{party}", headers=headers)
+    assert response.status_code == 200
+    assert response.json() == {
+        "partyRef": party,
+        "status": "ACTIVE",
+        "reasonCode": None,
+        "reasonMeaning": None,
+        "reasonEffect": None,
+        "statusChangedAt": None,
+        "allowed": {"deposit": True, "withdraw": True, "linkBankAccount": True},
+        "verificationUrl": None,
+        "verificationUrlExpiresAt": None,
+        "currentBankAccount": None,
+    }
+    rows = await sql("SELECT count(*) FROM parties WHERE party_ref = :p", {"p": party})
     assert rows.scalar_one() == 0
 
 

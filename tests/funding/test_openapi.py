@@ -18,6 +18,8 @@ IDEMPOTENT = {
 }
 READS = {
     ("get", f"{PREFIX}/bank-accounts"): "200",
+    ("get", f"{PREFIX}/bank-accounts/{{bankAccountId}}"): "200",
+    ("get", PREFIX): "200",
     ("get", f"{PREFIX}/transactions"): "200",
     ("get", f"{PREFIX}/transactions/{{transactionId}}"): "200",
     ("get", f"{PREFIX}/balance"): "200",
@@ -45,6 +47,8 @@ ROUTE_CODES: dict[tuple[str, str], set[str]] = {
         "party_not_active",
         "limit_exceeded",
         "no_linked_bank_account",
+        "bank_account_link_pending",
+        "bank_account_replaced",
         "bank_account_disabled",
         "bank_account_not_linked",
         "bank_account_under_review",
@@ -61,6 +65,8 @@ ROUTE_CODES: dict[tuple[str, str], set[str]] = {
         "payload_too_large",
     },
     ("get", f"{PREFIX}/bank-accounts"): set(),
+    ("get", f"{PREFIX}/bank-accounts/{{bankAccountId}}"): {"bank_account_not_found"},
+    ("get", PREFIX): set(),
     ("get", f"{PREFIX}/transactions"): {"invalid_cursor"},
     ("get", f"{PREFIX}/transactions/{{transactionId}}"): {"transaction_not_found"},
     ("get", f"{PREFIX}/balance"): {"bakkt_unavailable", "party_account_not_found"},
@@ -159,10 +165,15 @@ def test_bodies_forbid_unknown_fields_and_amounts_are_decimal_strings(spec: dict
         "AchWithdrawalRequest",
         "WireWithdrawalRequest",
         "WireDestination",
-        "PlaidLinkRequest",
         "LinkSessionRequest",
     ):
         assert schemas[name]["additionalProperties"] is False, name
+    # One body, two shapes: a Plaid token, or an account's routing and account number.
+    link = schemas["BankAccountLinkRequest"]["oneOf"]
+    assert [shape["title"] for shape in link] == ["PlaidLinkRequest", "AccountDetailsLinkRequest"]
+    assert all(shape["additionalProperties"] is False for shape in link)
+    assert link[1]["required"] == ["routingNumber", "accountNumber", "accountType"]
+    assert link[1]["properties"]["accountNumber"]["writeOnly"] is True
     amount = schemas["DepositRequest"]["properties"]["amount"]
     assert amount["type"] == "string"
     assert "pattern" in amount

@@ -372,7 +372,7 @@ async def test_ach_without_a_linked_account_answers_409_no_linked_bank_account(
     assert await count(sql, "transactions", party) == 0
 
 
-async def test_an_account_still_pending_its_link_is_not_usable(
+async def test_a_transfer_while_the_only_account_is_pending_answers_link_pending(
     api: httpx.AsyncClient, sql: Execute, party: str, headers: dict[str, str]
 ) -> None:
     linking = await api.post(
@@ -382,11 +382,19 @@ async def test_an_account_still_pending_its_link_is_not_usable(
     )
     account_id = linking.json()["id"]
     implicit = await deposit(api, party, headers)
-    assert implicit.status_code == 409
-    assert implicit.json()["code"] == "no_linked_bank_account"
     explicit = await deposit(api, party, headers, bankAccountId=account_id)
-    assert explicit.status_code == 409
-    assert explicit.json()["code"] == "bank_account_not_linked"
+    withdrawal = await api.post(
+        f"/v1/parties/{party}/withdrawals",
+        json={"method": "ACH", "amount": "10.00"},
+        headers=with_key(headers),
+    )
+    for response in (implicit, explicit, withdrawal):
+        assert response.status_code == 409
+        assert response.json()["code"] == "bank_account_link_pending"
+        assert response.json()["bankAccountId"] == account_id
+        assert int(response.headers["retry-after"]) >= 1
+    rows = await sql("SELECT count(*) FROM transactions WHERE party_ref = :p", {"p": party})
+    assert rows.scalar_one() == 0
 
 
 async def test_a_disabled_account_is_refused_with_bank_account_disabled(

@@ -417,6 +417,7 @@ def flows(ns: str = "") -> list[Flow]:
         )
     )  # fmt: skip
     # 11. Link success: one the partner started (row PENDING), one from Bakkt's hosted page.
+    # Bakkt keeps one account per party: the later link replaces the first, in any order.
     p, link, hosted = f"known-lk{s}", f"link-ok{s}", f"link-hosted{s}"
     out.append(
         Flow(
@@ -428,7 +429,7 @@ def flows(ns: str = "") -> list[Flow]:
                 link_event(ev(11, 2), party=p, link_ref=hosted, status="LINKED", at=at(11, 2),
                            bank="Second Wombat Bank", mask="****4321", account_type="SAVINGS"),
             ],
-            expect_accounts={link: "LINKED", hosted: "LINKED"},
+            expect_accounts={link: "REPLACED", hosted: "LINKED"},
         )
     )  # fmt: skip
     # 12. Link failure (unsupported bank), then a successful link of another account.
