@@ -2,19 +2,29 @@
 
 from app.alerts.models import OperatorAlert
 from app.db import Base
-from app.funding.models import BankAccount, Party, PartyLimit, Transaction, TransactionHistory
+from app.funding.models import (
+    BankAccount,
+    BankAccountHistory,
+    Party,
+    PartyLimit,
+    Transaction,
+    TransactionHistory,
+)
 from app.idempotency.models import IdempotencyKey
+from app.processes.models import ServiceProcess
 from app.recovery.models import RecoveryJob
 from app.webhooks.models import WebhookEvent
 
 __all__ = [
     "BankAccount",
+    "BankAccountHistory",
     "Base",
     "IdempotencyKey",
     "OperatorAlert",
     "Party",
     "PartyLimit",
     "RecoveryJob",
+    "ServiceProcess",
     "Transaction",
     "TransactionHistory",
     "WebhookEvent",

@@ -133,8 +133,43 @@ class BankAccount(Base):
     account_type: Mapped[str | None] = mapped_column(String(32))
     reason_code: Mapped[str | None] = mapped_column(String(64))
     status_event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the hosted link page Bakkt gave us stops working (its `expiresAt`): a HOSTED link
+    # still PENDING well after it was abandoned, and recovery expires it.
+    link_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index(
+            "ix_bank_accounts_pending_hosted_expiry",
+            "link_expires_at",
+            postgresql_where=text("status = 'PENDING' AND link_method = 'HOSTED'"),
+        ),
+    )
+
+
+class BankAccountHistory(Base):
+    """Append-only: the bank-account moves this service decides itself (an abandoned hosted
+    link expired), with why; Bakkt's moves are explained by the webhook events stored for them."""
+
+    __tablename__ = "bank_account_history"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    bank_account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("bank_accounts.id", ondelete="CASCADE"), index=True
+    )
+    from_status: Mapped[str] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint("source IN ('api', 'webhook', 'sync', 'admin')", name="source_known"),
+    )
 
 
 class Transaction(Base):

@@ -19,7 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.funding.models import (
     BankAccount,
+    BankAccountHistory,
     BankAccountStatus,
+    HistorySource,
+    LinkMethod,
     Party,
     PartyLimit,
     PartyStatus,
@@ -254,6 +257,71 @@ async def disable_bank_account(
     )
     result = await session.execute(statement)
     return bool(getattr(result, "rowcount", 0))
+
+
+async def set_link_expiry(
+    session: AsyncSession, account_id: uuid.UUID, expires_at: datetime | None
+) -> None:
+    """When the hosted link page handed out for this account stops working (the latest one, if
+    a retry asked for another)."""
+    await session.execute(
+        update(BankAccount)
+        .where(BankAccount.id == account_id)
+        .values(link_expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+LINK_EXPIRED = "link_expired"
+
+
+async def expire_abandoned_links(
+    session: AsyncSession, *, expired_before: datetime, now: datetime, limit: int
+) -> list[uuid.UUID]:
+    """FAIL hosted-link accounts still PENDING whose link page expired before `expired_before`,
+    each with a history row; rows another transaction holds (a webhook linking it right now)
+    are skipped and looked at next time. Returns the ids moved."""
+    statement = (
+        select(BankAccount)
+        .where(
+            BankAccount.status == BankAccountStatus.PENDING,
+            BankAccount.link_method == LinkMethod.HOSTED,
+            BankAccount.link_expires_at <= expired_before,
+        )
+        .order_by(BankAccount.link_expires_at, BankAccount.id)
+        .limit(limit)
+        .with_for_update(key_share=True, skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    accounts = (await session.scalars(statement)).all()
+    for account in accounts:
+        session.add(
+            BankAccountHistory(
+                bank_account_id=account.id,
+                from_status=account.status,
+                to_status=BankAccountStatus.FAILED,
+                source=HistorySource.SYNC,
+                reason_code=LINK_EXPIRED,
+                note=f"hosted link page expired at {account.link_expires_at:%Y-%m-%dT%H:%M:%SZ} "
+                "and Bakkt sent no link event",
+                recorded_at=now,
+            )
+        )
+        account.status = BankAccountStatus.FAILED
+        account.reason_code = LINK_EXPIRED
+        account.updated_at = now
+    return [a.id for a in accounts]
+
+
+async def bank_account_history(
+    session: AsyncSession, account_id: uuid.UUID
+) -> Sequence[BankAccountHistory]:
+    statement = (
+        select(BankAccountHistory)
+        .where(BankAccountHistory.bank_account_id == account_id)
+        .order_by(BankAccountHistory.id)
+    )
+    return (await session.scalars(statement)).all()
 
 
 async def flag_bank_account_for_review(
