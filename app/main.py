@@ -55,7 +55,7 @@ def create_app(
                 app.state.bakkt = bakkt
             watch_bakkt(app.state.metrics, app.state.bakkt)
             heartbeat = ProcessHeartbeat(
-                app.state.session_factory,
+                app_engine.url,
                 kind="serve",
                 interval=settings.process_heartbeat_interval,
             )

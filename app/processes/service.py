@@ -19,27 +19,53 @@ import os
 import socket
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from app.processes import repository as repo
 
 log = logging.getLogger("app.processes")
 
 
-class ProcessHeartbeat:
-    """Register at `start()`, renew every `interval` seconds, mark stopped at `stop()`."""
+def _own_engine(url: URL, timeout: float) -> AsyncEngine:
+    """One connection of the heartbeat's own. On the requests' pool a busy process (every
+    connection taken, requests queueing for one) could not renew, and would look dead exactly
+    when it is working hardest: the fault suite's Bakkt outage showed it."""
+    return create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_timeout=timeout,
+        connect_args={
+            "timeout": timeout,
+            "command_timeout": timeout,
+            "server_settings": {
+                "application_name": "fiat-onramp-heartbeat",
+                "statement_timeout": str(int(timeout * 1000)),
+            },
+        },
+    )
 
-    def __init__(
-        self,
-        session_factory: async_sessionmaker[AsyncSession],
-        *,
-        kind: str,
-        interval: float,
-    ) -> None:
+
+class ProcessHeartbeat:
+    """Register at `start()`, renew every `interval` seconds, mark stopped at `stop()`, on a
+    connection of its own to the database at `url`."""
+
+    def __init__(self, url: URL, *, kind: str, interval: float) -> None:
         self.id = uuid.uuid4()
         self.kind = kind
         self.interval = interval
-        self._factory = session_factory
+        # A renewal slower than one interval is as good as a missed one.
+        self._engine = _own_engine(url, timeout=max(interval, 1.0))
+        self._factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self._engine, expire_on_commit=False
+        )
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -90,3 +116,5 @@ class ProcessHeartbeat:
                 await session.commit()
         except Exception as exc:
             log.warning("process %s not marked stopped: %s", self.id, type(exc).__name__)
+        finally:
+            await self._engine.dispose()

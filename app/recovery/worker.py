@@ -240,7 +240,7 @@ async def run_standalone(settings: Settings) -> None:
     try:
         factory = create_session_factory(engine)
         heartbeat = ProcessHeartbeat(
-            factory, kind="worker", interval=settings.process_heartbeat_interval
+            engine.url, kind="worker", interval=settings.process_heartbeat_interval
         )
         await heartbeat.start()
         async with BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings)) as bakkt:

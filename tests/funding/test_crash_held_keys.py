@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.db import create_session_factory
 from app.idempotency import service as idempotency
 from app.idempotency.service import IdempotencyRequestInProgress, IdempotentRequest, KeyClaim
 from app.processes.service import ProcessHeartbeat
@@ -197,7 +196,7 @@ async def test_an_intent_is_written_once_per_claim_and_release_keeps_it(
 async def test_a_process_registers_renews_and_is_stale_at_once_after_a_clean_stop(
     engine: AsyncEngine, live_sql: Execute
 ) -> None:
-    heartbeat = ProcessHeartbeat(create_session_factory(engine), kind="serve", interval=3600)
+    heartbeat = ProcessHeartbeat(engine.url, kind="serve", interval=3600)
     await heartbeat.start()
     try:
         [(first,)] = await live_sql(
