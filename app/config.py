@@ -144,6 +144,17 @@ class Settings(BaseSettings):
 
     workers_enabled: bool = True
 
+    # Each process renews a heartbeat row this often; a consumer's idempotency claim whose
+    # holding process has not renewed for `process_stale_after` seconds is taken over by the next
+    # retry (docs/recovery.md, "A crash while a request holds its key"). Keep stale_after at
+    # least three intervals, so one slow renewal is not a death.
+    process_heartbeat_interval: float = Field(default=2.0, gt=0)
+    process_stale_after: float = Field(default=6.0, gt=0)
+    # A hosted-link bank account still PENDING this long after its link URL expired is FAILED
+    # with reason `link_expired` (the page was abandoned); the recovery job looks this often.
+    hosted_link_expiry_margin: float = Field(default=3600.0, ge=0)
+    recovery_link_expiry_interval: float = Field(default=60.0, gt=0)
+
     # Circuit breaker toward Bakkt (app/bakkt/breaker.py); 0 failures turns it off.
     bakkt_breaker_failures: int = Field(default=5, ge=0)
     bakkt_breaker_cooldown: float = Field(default=30.0, gt=0)

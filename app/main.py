@@ -19,6 +19,7 @@ from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.processes.service import ProcessHeartbeat
 from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
@@ -53,6 +54,15 @@ def create_app(
             else:
                 app.state.bakkt = bakkt
             watch_bakkt(app.state.metrics, app.state.bakkt)
+            heartbeat = ProcessHeartbeat(
+                app_engine.url,
+                kind="serve",
+                interval=settings.process_heartbeat_interval,
+            )
+            await heartbeat.start()
+            # Marked stopped after the workers stop and the last request is answered.
+            stack.push_async_callback(heartbeat.stop)
+            app.state.heartbeat = heartbeat
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(
@@ -73,6 +83,7 @@ def create_app(
     )
     install_docs(app)
     app.state.settings = settings
+    app.state.heartbeat = None
     app.state.metrics = METRICS
     app.state.schema_head = migrate.head_revision()
     install_error_handlers(app)

@@ -11,6 +11,7 @@ from app.funding.models import (
     TransactionHistory,
 )
 from app.idempotency.models import IdempotencyKey
+from app.processes.models import ServiceProcess
 from app.recovery.models import RecoveryJob
 from app.webhooks.models import WebhookEvent
 
@@ -23,6 +24,7 @@ __all__ = [
     "Party",
     "PartyLimit",
     "RecoveryJob",
+    "ServiceProcess",
     "Transaction",
     "TransactionHistory",
     "WebhookEvent",

@@ -141,6 +141,9 @@ class BankAccount(Base):
     account_type: Mapped[str | None] = mapped_column(String(32))
     reason_code: Mapped[str | None] = mapped_column(String(64))
     status_event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the hosted link page Bakkt gave us stops working (its `expiresAt`): a HOSTED link
+    # still PENDING well after it was abandoned, and recovery expires it.
+    link_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -151,6 +154,11 @@ class BankAccount(Base):
             "party_ref",
             unique=True,
             postgresql_where=text("status = 'LINKED'"),
+        ),
+        Index(
+            "ix_bank_accounts_pending_hosted_expiry",
+            "link_expires_at",
+            postgresql_where=text("status = 'PENDING' AND link_method = 'HOSTED'"),
         ),
     )
 

@@ -35,6 +35,8 @@ from app.funding.models import (
     BankAccount,
     BankAccountHistory,
     BankAccountStatus,
+    HistorySource,
+    LinkMethod,
     Party,
     PartyStatus,
     Transaction,
@@ -383,6 +385,59 @@ async def disable_bank_account(
     return True
 
 
+async def set_link_expiry(
+    session: AsyncSession, account_id: uuid.UUID, expires_at: datetime | None
+) -> None:
+    """When the hosted link page handed out for this account stops working (the latest one, if
+    a retry asked for another)."""
+    await session.execute(
+        update(BankAccount)
+        .where(BankAccount.id == account_id)
+        .values(link_expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+LINK_EXPIRED = "link_expired"
+
+
+async def expire_abandoned_links(
+    session: AsyncSession, *, expired_before: datetime, now: datetime, limit: int
+) -> list[uuid.UUID]:
+    """FAIL hosted-link accounts still PENDING whose link page expired before `expired_before`,
+    each with a history row; rows another transaction holds (a webhook linking it right now)
+    are skipped and looked at next time. Returns the ids moved."""
+    statement = (
+        select(BankAccount)
+        .where(
+            BankAccount.status == BankAccountStatus.PENDING,
+            BankAccount.link_method == LinkMethod.HOSTED,
+            BankAccount.link_expires_at <= expired_before,
+        )
+        .order_by(BankAccount.link_expires_at, BankAccount.id)
+        .limit(limit)
+        .with_for_update(key_share=True, skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    accounts = (await session.scalars(statement)).all()
+    for account in accounts:
+        add_bank_account_history(
+            session,
+            account_id=account.id,
+            from_status=account.status,
+            to_status=BankAccountStatus.FAILED,
+            source=HistorySource.SYNC,
+            reason_code=LINK_EXPIRED,
+            note=f"hosted link page expired at {account.link_expires_at:%Y-%m-%dT%H:%M:%SZ} "
+            "and Bakkt sent no link event",
+            recorded_at=now,
+        )
+        account.status = BankAccountStatus.FAILED
+        account.reason_code = LINK_EXPIRED
+        account.updated_at = now
+    return [a.id for a in accounts]
+
+
 async def flag_bank_account_for_review(
     session: AsyncSession, account_id: uuid.UUID, *, now: datetime
 ) -> bool:
@@ -407,19 +462,23 @@ def add_bank_account_history(
     reason_code: str | None = None,
     note: str | None = None,
     event_time: datetime | None = None,
+    recorded_at: datetime | None = None,
 ) -> None:
-    session.add(
-        BankAccountHistory(
-            bank_account_id=account_id,
-            from_status=from_status,
-            to_status=to_status,
-            source=source,
-            event_id=event_id,
-            reason_code=reason_code,
-            note=note,
-            event_time=event_time,
-        )
+    """The one writer of bank-account history: every move of a bank account's status adds
+    its row here, in the transaction that makes the move."""
+    row = BankAccountHistory(
+        bank_account_id=account_id,
+        from_status=from_status,
+        to_status=to_status,
+        source=source,
+        event_id=event_id,
+        reason_code=reason_code,
+        note=note,
+        event_time=event_time,
     )
+    if recorded_at is not None:
+        row.recorded_at = recorded_at
+    session.add(row)
 
 
 async def bank_account_history(

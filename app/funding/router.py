@@ -69,7 +69,14 @@ class ValidationFailed(Unprocessable):
 def get_service(
     request: Request, session: Annotated[AsyncSession, Depends(get_session)]
 ) -> FundingService:
-    return FundingService(session, request.app.state.bakkt, request.app.state.settings)
+    state = request.app.state
+    heartbeat = state.heartbeat
+    return FundingService(
+        session,
+        state.bakkt,
+        state.settings,
+        process_id=heartbeat.id if heartbeat is not None else None,
+    )
 
 
 def idempotency_key(

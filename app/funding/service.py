@@ -229,15 +229,26 @@ def _below_minimum(minimum: Decimal) -> AppError:
 
 
 class FundingService:
-    def __init__(self, session: AsyncSession, bakkt: BakktClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        bakkt: BakktClient,
+        settings: Settings,
+        *,
+        process_id: uuid.UUID | None = None,
+    ) -> None:
         self.session = session
         self.bakkt = bakkt
         self.settings = settings
         self.lease = idempotency.lease_for(settings)
         self.key_ttl = timedelta(days=settings.idempotency_ttl_days)
+        # Claims name this process, so a retry after it dies need not wait out the lease.
+        self.holder = idempotency.holder_for(settings, process_id)
 
     async def _claim(self, idem: IdempotentRequest) -> KeyClaim | Replay:
-        return await idempotency.claim(self.session, idem, lease=self.lease, ttl=self.key_ttl)
+        return await idempotency.claim(
+            self.session, idem, lease=self.lease, ttl=self.key_ttl, holder=self.holder
+        )
 
     async def _finish(self, claim: KeyClaim, status: int, body: Any) -> IdempotentResponse:
         stored_status, stored_body = await idempotency.finish(self.session, claim, status, body)
@@ -650,6 +661,8 @@ class FundingService:
         session_out = schemas.LinkSession(
             bank_account_id=account.id, link_url=link.url, expires_at=link.expires_at
         )
+        # Recovery fails the account if the page is abandoned (docs/recovery.md).
+        await repo.set_link_expiry(self.session, account.id, link.expires_at)
         return await self._finish(claimed, 201, schemas.dump(session_out))
 
     async def link_bank_account(

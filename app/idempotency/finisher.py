@@ -23,21 +23,27 @@ async def finish_abandoned_requests(
     session_factory: async_sessionmaker[AsyncSession],
     *,
     limit: int = 100,
+    stale_after: timedelta = timedelta(seconds=6),
     metrics: Metrics | None = None,
 ) -> int:
     """Store the answer of consumer requests that died after writing their transaction, once the
     transaction is settled: what the funding API's own resume would answer (202 with the
     transaction as it is now). A later retry with the same Idempotency-Key replays it. Keys whose
-    lease is still live (a retry holds them) are left alone. Returns how many it finished."""
+    lease is still live and whose holding process is alive (a retry holds them) are left alone.
+    Returns how many it finished."""
     metrics = metrics or METRICS
     finished = 0
     async with session_factory() as session:
-        found = await repo.abandoned_requests(session, limit=limit)
+        found = await repo.abandoned_requests(session, limit=limit, stale_after=stale_after)
         await session.rollback()
         for key_id, transaction_id in found:
             # Taking the key over is atomic with the lease check: a retry that renewed it first
             # wins and we skip it.
-            if await repo.take_over(session, key_id, FINISH_LEASE) is None:
+            # Held by no process: the take-over and the answer commit together below.
+            taken = await repo.take_over(
+                session, key_id, FINISH_LEASE, holder_id=None, stale_after=stale_after
+            )
+            if taken is None:
                 await session.rollback()
                 continue
             txn = await funding_repo.get_transaction_by_id(session, transaction_id)

@@ -26,6 +26,9 @@ class IdempotencyKey(Base):
     recovery_point: Mapped[str] = mapped_column(String(32), default="started")
     # A lease: a claim older than this is stale and may be taken over by a retry.
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The process holding the claim (app.processes): once it stops renewing its heartbeat the
+    # claim is stale whatever `locked_until` says. NULL: the lease alone decides.
+    holder_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[Any | None] = mapped_column(JSONB)
     transaction_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

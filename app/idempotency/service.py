@@ -2,8 +2,9 @@
 
 A request claims its key before it does anything; the claim is a lease (`locked_until`). The
 outcome is stored with the key and replayed to every later request with the same key and the
-same request. A claim whose holder died (its lease ran out) is taken over by the next retry,
-which resumes from the key's recovery point instead of starting again.
+same request. A claim names the process holding it; a claim whose holder died (its process
+stopped renewing its heartbeat, or, for a claim no process names, its lease ran out) is taken
+over by the next retry, which resumes from the key's recovery point instead of starting again.
 """
 
 from __future__ import annotations
@@ -103,6 +104,22 @@ def fingerprint(method: str, path: str, payload: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Holder:
+    """Who claims: this process (None: no registered process, the lease alone decides) and how
+    long a silent holder is still believed alive."""
+
+    process_id: uuid.UUID | None
+    stale_after: timedelta
+
+
+NO_HOLDER = Holder(None, timedelta(seconds=6))
+
+
+def holder_for(settings: Settings, process_id: uuid.UUID | None) -> Holder:
+    return Holder(process_id, timedelta(seconds=settings.process_stale_after))
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotentRequest:
     party_ref: str
     key: str
@@ -135,9 +152,15 @@ class Replay:
 
 
 async def claim(
-    session: AsyncSession, req: IdempotentRequest, *, lease: timedelta, ttl: timedelta
+    session: AsyncSession,
+    req: IdempotentRequest,
+    *,
+    lease: timedelta,
+    ttl: timedelta,
+    holder: Holder = NO_HOLDER,
 ) -> KeyClaim | Replay:
-    """Claim the key (committed at once, so duplicates see it) or say what to answer instead."""
+    """Claim the key (committed at once, so duplicates see it) or say what to answer instead.
+    A new key costs one statement; the holder's heartbeat is read only when the key exists."""
     for _ in range(3):
         row = await repo.claim_new(
             session,
@@ -148,21 +171,26 @@ async def claim(
             fingerprint=req.fingerprint,
             lease=lease,
             ttl=ttl,
+            holder_id=holder.process_id,
         )
         if row is not None:
             await session.commit()
             return KeyClaim(row.id, row.created_at, row.recovery_point, None, resumed=False)
-        found = await repo.get_with_now(session, req.party_ref, req.key)
+        found = await repo.get_with_now(
+            session, req.party_ref, req.key, stale_after=holder.stale_after
+        )
         if found is None:
             # The holder released it (its request failed before writing anything): claim anew.
             await session.rollback()
             continue
-        existing, now = found
+        existing, now, holder_gone = found
         # Read before the rollback below, which expires the row.
         same_request = existing.fingerprint == req.fingerprint
         finished = existing.recovery_point == repo.FINISHED and existing.response_status is not None
         stored = Replay(existing.response_status or 0, existing.response_body)
-        leased = existing.locked_until is not None and existing.locked_until > now
+        leased = (
+            existing.locked_until is not None and existing.locked_until > now and not holder_gone
+        )
         key_id = existing.id
         if not same_request:
             await session.rollback()
@@ -179,9 +207,13 @@ async def claim(
                 "The first request with this key has not finished yet; retry shortly.",
                 retry_after=1,
             )
-        taken = await repo.take_over(session, key_id, lease)
+        taken = await repo.take_over(
+            session, key_id, lease, holder_id=holder.process_id, stale_after=holder.stale_after
+        )
         if taken is not None:
             await session.commit()
+            if holder_gone:
+                log.warning("idempotency claim %s taken over from a process that is gone", key_id)
             return KeyClaim(
                 taken.id,
                 taken.created_at,
@@ -199,8 +231,13 @@ async def claim(
 async def record_intent(
     session: AsyncSession, claim_: KeyClaim, transaction_id: uuid.UUID | None
 ) -> None:
-    """Part of the caller's transaction: commits together with the intent it points at."""
-    await repo.set_intent(session, claim_.key_id, transaction_id)
+    """Part of the caller's transaction: commits together with the intent it points at. Raises
+    when another holder of the claim wrote its intent first (a holder believed gone that was
+    not): the caller's transaction must roll back, and the consumer's retry resumes that one."""
+    if not await repo.set_intent(session, claim_.key_id, transaction_id):
+        raise IdempotencyRequestInProgress(
+            "Another attempt of this request got there first; retry shortly.", retry_after=1
+        )
 
 
 async def finish(
@@ -221,9 +258,10 @@ async def forget(session: AsyncSession, claim_: KeyClaim) -> None:
 
 async def release(session: AsyncSession, claim_: KeyClaim) -> None:
     """Forget an unfinished claim whose request failed before anything happened, so the caller
-    may fix the request and retry with the same key."""
+    may fix the request and retry with the same key. A claim that has its intent by now (written
+    by another holder of it) is kept: that request did happen."""
     await session.rollback()
-    await forget(session, claim_)
+    await repo.delete_started(session, claim_.key_id)
     await session.commit()
 
 

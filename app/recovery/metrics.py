@@ -26,6 +26,7 @@ HELP: Mapping[str, str] = {
     "recovery_sweep_moved_total": "Polled transactions whose status moved",
     "recovery_overdue_alerts_total": "Transactions still pending past their settlement window",
     "recovery_requests_finished_total": "Consumer requests left unfinished, finished by recovery",
+    "recovery_links_expired_total": "Hosted-link bank accounts FAILED after their page expired",
     "recovery_webhook_rematched_total": "Stored webhook events retried by the rematch job",
     "recovery_reconcile_runs_total": "Reconciliation runs, by outcome",
     "recovery_reconcile_created_total": "Transactions reconciliation created (webhooks lost)",

@@ -1,5 +1,6 @@
 """Retention: what the service forgets, and when. Each table's query is its owner's (idempotency
-keys in `app.idempotency.repository`, webhook bodies in `app.webhooks.repository`);
+keys in `app.idempotency.repository`, webhook bodies in `app.webhooks.repository`, processes
+silent for a day in `app.processes.repository`);
 transactions and their history are never deleted."""
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.idempotency import repository as idempotency_repo
+from app.processes import repository as processes_repo
 from app.recovery.jobs import SessionFactory, cycle_start
 from app.recovery.metrics import METRICS, Metrics
 from app.webhooks import repository as webhooks_repo
 
 log = logging.getLogger("app.recovery")
 
+PROCESS_MEMORY = timedelta(days=1)
+
 
 @dataclass(frozen=True, slots=True)
 class RetentionSummary:
     idempotency_keys_deleted: int
     webhook_bodies_cleared: int
+    processes_forgotten: int = 0
 
 
 async def apply_retention(
@@ -51,11 +56,16 @@ async def apply_retention(
         lambda s: webhooks_repo.clear_bodies(s, before=cutoff, limit=batch),
         batch,
     )
+    # A day is far past every lease, so no claim still needs to know its holder is gone.
+    async with session_factory() as session:
+        processes = await processes_repo.delete_gone(session, before=now - PROCESS_MEMORY)
+        await session.commit()
     metrics.inc("recovery_retention_deleted_total", keys, what="idempotency_keys")
+    metrics.inc("recovery_retention_deleted_total", processes, what="service_processes")
     metrics.inc("recovery_retention_deleted_total", bodies, what="webhook_bodies")
     if keys or bodies:
         log.info("retention: %d idempotency keys deleted, %d webhook bodies cleared", keys, bodies)
-    return RetentionSummary(keys, bodies)
+    return RetentionSummary(keys, bodies, processes)
 
 
 async def _in_batches(

@@ -16,6 +16,7 @@ import random
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
@@ -26,7 +27,9 @@ from app.core.backoff import backoff
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
 from app.idempotency.finisher import finish_abandoned_requests
+from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
+from app.recovery.links import expire_abandoned_links
 from app.recovery.metrics import METRICS, Metrics
 from app.recovery.reconcile import run_scheduled_reconcile
 from app.recovery.retention import apply_retention
@@ -68,7 +71,11 @@ def service_jobs(
 
     async def settle() -> int:
         done = await settle_unknown(session_factory, bakkt, settings, metrics=metrics)
-        await finish_abandoned_requests(session_factory, metrics=metrics)
+        await finish_abandoned_requests(
+            session_factory,
+            stale_after=timedelta(seconds=settings.process_stale_after),
+            metrics=metrics,
+        )
         return done
 
     async def sweep() -> int:
@@ -88,6 +95,9 @@ def service_jobs(
             await bakkt.heartbeat()
         return 0
 
+    async def expire_links() -> int:
+        return await expire_abandoned_links(session_factory, settings, metrics=metrics)
+
     async def retention() -> int:
         result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
@@ -103,6 +113,7 @@ def service_jobs(
             uses_bakkt=True,
         ),
         Job("retention", settings.retention_interval, retention),
+        Job("expire_links", settings.recovery_link_expiry_interval, expire_links, batch),
         # Not skipped while the circuit is open: it is what closes it when no request comes.
         Job("heartbeat", HEARTBEAT_INTERVAL, heartbeat),
     ]
@@ -228,6 +239,10 @@ async def run_standalone(settings: Settings) -> None:
     engine = create_engine(settings)
     try:
         factory = create_session_factory(engine)
+        heartbeat = ProcessHeartbeat(
+            engine.url, kind="worker", interval=settings.process_heartbeat_interval
+        )
+        await heartbeat.start()
         async with BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings)) as bakkt:
             workers = Workers.for_service(factory, bakkt, settings)
             loop = asyncio.get_running_loop()
@@ -239,5 +254,6 @@ async def run_standalone(settings: Settings) -> None:
                 await workers.wait()
             finally:
                 await workers.stop()
+                await heartbeat.stop()
     finally:
         await engine.dispose()

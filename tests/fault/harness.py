@@ -352,6 +352,10 @@ class Deposit:
     body: Any = None
     # The client stopped asking without a definite answer (an app closed mid-request).
     abandoned: bool = False
+    # Sent by a careful client (CAREFUL_BUDGET): one that ran out of budget is a failure.
+    careful: bool = False
+    # Seconds from the first send to the definite answer (None: none came).
+    answered_after: float | None = None
 
     @property
     def transaction_id(self) -> str | None:
@@ -370,6 +374,10 @@ def _is_definite(answer: Answer) -> bool:
     if answer.status is None or answer.status >= 500 or answer.status == 429:
         return False
     return not (answer.status == 409 and answer.code == "idempotency_request_in_progress")
+
+
+# A careful client's whole budget for one deposit, from its first send (issue 12).
+CAREFUL_BUDGET = 40.0
 
 
 class PartnerApp:
@@ -441,7 +449,8 @@ class PartnerApp:
     ) -> Deposit:
         """Send until a definite answer, always with the deposit's own key. With
         `abandon_without_answer`, a request that got no answer at all is not retried."""
-        deadline = time.monotonic() + give_up_after
+        started = time.monotonic()
+        deadline = started + give_up_after
         attempt = 0
         while True:
             answer, body = await self.send(
@@ -453,6 +462,7 @@ class PartnerApp:
             deposit.answers.append(answer)
             if _is_definite(answer):
                 deposit.status, deposit.body = answer.status, body
+                deposit.answered_after = time.monotonic() - started
                 return deposit
             if (abandon_without_answer and answer.status is None) or time.monotonic() > deadline:
                 deposit.abandoned = answer.status is None and abandon_without_answer
@@ -461,7 +471,14 @@ class PartnerApp:
             wait = min(max_wait, 0.1 * 2 ** min(attempt, 6))
             if answer.retry_after and answer.retry_after.isdigit():
                 wait = min(max_wait, max(wait, float(answer.retry_after)))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
+    async def careful_deposit(self, deposit: Deposit) -> Deposit:
+        """What a careful app does (issue 12): the same key, exponential backoff (0.2, 0.4 ...
+        up to 3.2 s, or the server's Retry-After if longer) and a budget of CAREFUL_BUDGET
+        seconds, after which it gives up and tells its user it does not know."""
+        deposit.careful = True
+        return await self.deposit(deposit, give_up_after=CAREFUL_BUDGET, max_wait=3.2)
 
     async def link_bank_account(self, party: str, within: float = 30.0) -> str:
         """Link with a Plaid processor token the sandbox accepts; wait for its LINKED webhook."""
@@ -486,7 +503,8 @@ class PartnerApp:
 class SteadyLoad:
     """`clients` partner-app users, each making one deposit after another (a new key each time)
     until `stop()`, and finishing the one in hand. With `abandon_every=n`, every n-th deposit
-    whose request got no answer at all is given up by its client instead of retried."""
+    whose request got no answer at all is given up by its client instead of retried. The first
+    `careful` clients never abandon: each deposit of theirs is a `careful_deposit`."""
 
     def __init__(
         self,
@@ -496,7 +514,9 @@ class SteadyLoad:
         *,
         abandon_every: int = 0,
         pause: float = 0.0,
+        careful: int = 0,
     ) -> None:
+        self.careful = careful
         self.app = app
         self.parties = parties
         self.clients = clients
@@ -515,8 +535,11 @@ class SteadyLoad:
             count = len(self.deposits)
             deposit = new_deposit(self.parties[(n + i) % len(self.parties)], amount_for(count))
             self.deposits.append(deposit)
-            abandon = bool(self.abandon_every) and count % self.abandon_every == 0
-            await self.app.deposit(deposit, abandon_without_answer=abandon)
+            if n < self.careful:
+                await self.app.careful_deposit(deposit)
+            else:
+                abandon = bool(self.abandon_every) and count % self.abandon_every == 0
+                await self.app.deposit(deposit, abandon_without_answer=abandon)
             i += 1
             if self.pause:
                 await asyncio.sleep(self.pause)

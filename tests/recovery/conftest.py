@@ -135,7 +135,7 @@ def isolate(sql: Execute) -> Isolate:
             "UPDATE parties SET status = 'CLOSED' WHERE party_ref <> ALL(:mine)", {"mine": mine}
         )
         await sql(
-            "UPDATE idempotency_keys SET locked_until = now() + interval '1 day' "
+            "UPDATE idempotency_keys SET locked_until = now() + interval '1 day', holder_id = NULL "
             "WHERE recovery_point = 'intent_written' AND party_ref <> ALL(:mine)",
             {"mine": mine},
         )

@@ -155,6 +155,7 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
         "recovery_sweep_interval": 3600.0,
         "recovery_rematch_interval": 3600.0,
         "retention_interval": 3600.0,
+        "recovery_link_expiry_interval": 3600.0,
     }
     enabled = create_app(
         settings.model_copy(update={"workers_enabled": True, **quiet}), engine=engine, bakkt=bakkt
@@ -166,6 +167,7 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
             "recovery:rematch_webhooks",
             "recovery:reconcile",
             "recovery:retention",
+            "recovery:expire_links",
             "recovery:heartbeat",
         }
     assert recovery_tasks() == set()
