@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import requests
 import schemathesis
 import uvicorn
 import yaml
@@ -190,3 +191,23 @@ def test_the_service_answers_its_own_document_without_5xx_and_as_documented(
         checks=CHECKS,
         timeout=10,
     )
+
+
+def test_a_lone_surrogate_in_a_processor_token_gets_a_422_with_a_request_id_from_uvicorn(
+    service_url: str, service_settings: Settings
+) -> None:
+    # Once escaped to uvicorn as an unhandled error: no problem body and no X-Request-ID.
+    token = mint_dev_token(service_settings, "p-surrogate", ttl_seconds=600)
+    answer = requests.post(
+        f"{service_url}/v1/parties/p-surrogate/bank-accounts",
+        data=b'{"processorToken": "processor-\\ud800"}',
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": "surrogate-key-0001",
+        },
+        timeout=10,
+    )
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "invalid_characters"
+    assert answer.headers["x-request-id"]
