@@ -195,34 +195,21 @@ async def _conflicting_redelivery(
     digest = hashlib.sha256(request_id.encode() + b"\n" + delivery.body).hexdigest()
     conflict_id = f"conflict:{digest}"
     why = f"requestId {request_id!r} is stored with another body; this one was not applied"
-    event_pk = await repo.insert_event(
+    event_pk = await _set_aside(
         session,
+        delivery,
         request_id=conflict_id,
-        event_type=None,
-        party_ref=None,
-        transaction_ref=None,
-        related_ref=None,
-        body=delivery.body,
-        headers=delivery.headers,
-        event_time=None,
-        received_at=delivery.received_at,
         status=EventStatus.CONFLICT,
         outcome=f"conflict: {why}",
-        needs_operator=True,
-        next_attempt_at=None,
+        alert=AlertSpec(
+            "webhook_body_conflict",
+            f"webhook {request_id}",
+            f"A verified redelivery carries another body: {why}.",
+            {"requestId": request_id, "conflictId": conflict_id},
+        ),
     )
     if event_pk is not None:
-        add_alert(
-            session,
-            AlertSpec(
-                "webhook_body_conflict",
-                f"webhook {request_id}",
-                f"A verified redelivery carries another body: {why}.",
-                {"requestId": request_id, "conflictId": conflict_id},
-            ),
-        )
         logger.warning("webhook %s: %s (kept as %s)", request_id, why, conflict_id)
-    await session.commit()
     return Receipt(request_id, duplicate=True, status=EventStatus.CONFLICT)
 
 
@@ -231,6 +218,39 @@ async def _store_malformed(session: AsyncSession, delivery: VerifiedWebhook, why
     request_id = delivery.webhook_id or "sha256:" + hashlib.sha256(delivery.body).hexdigest()
     if len(request_id) > 255:
         request_id = "sha256:" + hashlib.sha256(request_id.encode()).hexdigest()
+    event_pk = await _set_aside(
+        session,
+        delivery,
+        request_id=request_id,
+        status=EventStatus.MALFORMED,
+        outcome=f"malformed: {why}",
+        alert=AlertSpec(
+            "webhook_malformed",
+            f"webhook {request_id}",
+            f"A verified webhook could not be read: {why}",
+            {"requestId": request_id},
+        ),
+    )
+    if event_pk is not None:
+        logger.warning("webhook %s malformed: %s", request_id, why)
+    if event_pk is None:
+        conflict = await _conflicting_redelivery(session, delivery, request_id)
+        if conflict is not None:
+            return conflict
+    return Receipt(request_id, duplicate=event_pk is None, status=EventStatus.MALFORMED)
+
+
+async def _set_aside(
+    session: AsyncSession,
+    delivery: VerifiedWebhook,
+    *,
+    request_id: str,
+    status: EventStatus,
+    outcome: str,
+    alert: AlertSpec,
+) -> int | None:
+    """Store a verified delivery that is not to be applied, for an operator, and commit; the
+    alert is raised once, by the delivery that stored it. None when it was stored already."""
     event_pk = await repo.insert_event(
         session,
         request_id=request_id,
@@ -242,28 +262,15 @@ async def _store_malformed(session: AsyncSession, delivery: VerifiedWebhook, why
         headers=delivery.headers,
         event_time=None,
         received_at=delivery.received_at,
-        status=EventStatus.MALFORMED,
-        outcome=f"malformed: {why}",
+        status=status,
+        outcome=outcome,
         needs_operator=True,
         next_attempt_at=None,
     )
     if event_pk is not None:
-        add_alert(
-            session,
-            AlertSpec(
-                "webhook_malformed",
-                f"webhook {request_id}",
-                f"A verified webhook could not be read: {why}",
-                {"requestId": request_id},
-            ),
-        )
-        logger.warning("webhook %s malformed: %s", request_id, why)
+        add_alert(session, alert)
     await session.commit()
-    if event_pk is None:
-        conflict = await _conflicting_redelivery(session, delivery, request_id)
-        if conflict is not None:
-            return conflict
-    return Receipt(request_id, duplicate=event_pk is None, status=EventStatus.MALFORMED)
+    return event_pk
 
 
 def _same_event(stored: bytes, sent: bytes) -> bool:
