@@ -77,20 +77,25 @@ async def test_an_abandoned_hosted_link_is_failed_after_its_expiry_plus_the_marg
     within = expires_at + margin - timedelta(seconds=1)
     await expire_abandoned_links(factory, api_settings, now=within, batch=1000, metrics=metrics)
     assert (await _account(sql, account_id))[:2] == ("PENDING", None)
-    assert await _history(sql, account_id) == []
+    # Only the row of its creation so far.
+    created = (None, "PENDING", "api", None)
+    assert await _history(sql, account_id) == [created]
 
     past = expires_at + margin + timedelta(seconds=1)
     await expire_abandoned_links(factory, api_settings, now=past, batch=1000, metrics=metrics)
 
     assert (await _account(sql, account_id))[:2] == ("FAILED", "link_expired")
-    assert await _history(sql, account_id) == [("PENDING", "FAILED", "sync", "link_expired")]
+    assert await _history(sql, account_id) == [
+        created,
+        ("PENDING", "FAILED", "sync", "link_expired"),
+    ]
     assert metrics.value("recovery_links_expired_total") >= 1
     listed = await api.get(f"/v1/parties/{party}/bank-accounts", headers=auth(party))
     [item] = [a for a in listed.json()["items"] if a["id"] == account_id]
     assert (item["status"], item["reasonCode"]) == ("FAILED", "link_expired")
-    # Once FAILED it is not looked at again: no second history row.
+    # Once FAILED it is not looked at again: no further history row.
     await expire_abandoned_links(factory, api_settings, now=past, batch=1000, metrics=metrics)
-    assert len(await _history(sql, account_id)) == 1
+    assert len(await _history(sql, account_id)) == 2
 
 
 async def test_only_pending_hosted_links_expire(
@@ -118,4 +123,6 @@ async def test_only_pending_hosted_links_expire(
 
     assert (await _account(sql, linked))[0] == "LINKED"
     assert (await _account(sql, plaid))[0] == "PENDING"
-    assert await _history(sql, linked) == await _history(sql, plaid) == []
+    # Neither gained a row beyond the one of its creation.
+    created = [(None, "PENDING", "api", None)]
+    assert await _history(sql, linked) == await _history(sql, plaid) == created
