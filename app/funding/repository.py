@@ -58,16 +58,6 @@ ORPHAN_WINDOW = timedelta(days=7)
 # --- parties ----------------------------------------------------------------------------------
 
 
-async def lock_party(session: AsyncSession, party_ref: str) -> Party | None:
-    statement = (
-        select(Party)
-        .where(Party.party_ref == party_ref)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.scalars(statement)).one_or_none()
-
-
 # The money path's own statements, built once (see app/webhooks/repository.py on why).
 _LOCK_PARTY = (
     select(Party)
@@ -77,10 +67,14 @@ _LOCK_PARTY = (
 )
 
 
+async def lock_party(session: AsyncSession, party_ref: str) -> Party | None:
+    return (await session.scalars(_LOCK_PARTY, {"party_ref": party_ref})).one_or_none()
+
+
 async def lock_party_for_money(session: AsyncSession, party_ref: str) -> Party:
     """`lock_or_create_party` for the money path: one round trip when the party exists (every
     request but its first), the insert only when it does not."""
-    party = (await session.scalars(_LOCK_PARTY, {"party_ref": party_ref})).one_or_none()
+    party = await lock_party(session, party_ref)
     if party is not None:
         return party
     return await lock_or_create_party(session, party_ref)
