@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.tokens import AuthenticationRequired, Principal, TokenVerifier
 from app.config import Settings
-from app.errors import NotFound, Unauthorized
+from app.errors import Forbidden, NotFound, Unauthorized
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -70,3 +70,19 @@ async def party_access(
     if not principal.may_act_for(party_ref):
         raise NotFound("Not found.")
     return party_ref
+
+
+class AdminScopeRequired(Forbidden):
+    code = "admin_scope_required"
+    title = "This route needs the admin scope"
+
+
+async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    """The partner's back end (a token with `AUTH_ADMIN_SCOPE`); consumers get 403.
+
+    A 403, not the 404 of another party's path: admin routes are documented and take no party
+    in the path, so their existence is no secret.
+    """
+    if not principal.admin:
+        raise AdminScopeRequired("This route needs a token with the admin scope.")
+    return principal
