@@ -519,22 +519,6 @@ def move_bank_account(
     account.updated_at = now
 
 
-async def last_move_into(
-    session: AsyncSession, account_id: uuid.UUID, status: str
-) -> BankAccountHistory | None:
-    """The newest history row that moved the account into `status`."""
-    statement = (
-        select(BankAccountHistory)
-        .where(
-            BankAccountHistory.bank_account_id == account_id,
-            BankAccountHistory.to_status == status,
-        )
-        .order_by(BankAccountHistory.id.desc())
-        .limit(1)
-    )
-    return (await session.scalars(statement)).one_or_none()
-
-
 def add_bank_account_history(
     session: AsyncSession,
     *,
