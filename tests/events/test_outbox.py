@@ -186,12 +186,28 @@ async def test_a_hold_and_its_release_are_announced(
         assert applied.verdict is bakkt_sync.Verdict.HELD
         await session.commit()
     async with factory() as session:
+        # A later word about the held transaction is only recorded: no second hold event.
         txn = await funding_repo.lock_transaction(session, txn_id)
         assert txn is not None
-        assert bakkt_sync.release_hold(session, txn, note="amount checked by ops", now=now)
+        later = bakkt_sync.BakktReport(
+            word, HistorySource.WEBHOOK, now, context="webhook e-2", event_id="e-2"
+        )
+        assert (await bakkt_sync.apply(session, txn, later, now=now)).verdict is (
+            bakkt_sync.Verdict.HELD
+        )
         await session.commit()
-    found = [row.type for row in await events_about(engine, txn_id)]
-    assert found == ["transaction.held_for_review", "transaction.released"]
+    async with factory() as session:
+        # An operator's release, by whatever code clears the flag.
+        txn = await funding_repo.lock_transaction(session, txn_id)
+        assert txn is not None
+        txn.held_for_review = False
+        await session.commit()
+    found = await events_about(engine, txn_id)
+    assert [row.type for row in found] == [
+        "transaction.held_for_review",
+        "transaction.released",
+    ]
+    assert all(row.data["status"] == "SUBMITTING" for row in found)
 
 
 async def test_a_late_commit_is_numbered_after_and_a_reader_past_the_early_one_still_gets_it(
