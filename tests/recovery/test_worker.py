@@ -169,6 +169,7 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
             "recovery:retention",
             "recovery:expire_links",
             "recovery:heartbeat",
+            "recovery:sequence_events",
         }
     assert recovery_tasks() == set()
 
