@@ -19,6 +19,8 @@ from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.partner_webhooks.metrics import watch_backlog
+from app.partner_webhooks.router import router as partner_webhooks_router
 from app.processes.service import ProcessHeartbeat
 from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
@@ -85,12 +87,14 @@ def create_app(
     app.state.settings = settings
     app.state.heartbeat = None
     app.state.metrics = METRICS
+    watch_backlog(METRICS)
     app.state.schema_head = migrate.head_revision()
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    app.include_router(partner_webhooks_router)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,

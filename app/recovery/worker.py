@@ -27,6 +27,7 @@ from app.core.backoff import backoff
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
 from app.idempotency.finisher import finish_abandoned_requests
+from app.partner_webhooks.dispatcher import Dispatcher
 from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
 from app.recovery.links import expire_abandoned_links
@@ -65,8 +66,10 @@ def service_jobs(
     bakkt: BakktClient,
     settings: Settings,
     metrics: Metrics,
+    dispatcher: Dispatcher | None = None,
 ) -> list[Job]:
-    """The recovery jobs of docs/recovery.md, with their intervals from the settings."""
+    """The recovery jobs of docs/recovery.md, with their intervals from the settings, and the
+    delivery of partner webhooks (docs/partner-webhooks.md) when a dispatcher is given."""
     batch = settings.recovery_batch_size
 
     async def settle() -> int:
@@ -102,7 +105,18 @@ def service_jobs(
         result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
 
+    deliveries: list[Job] = []
+    if dispatcher is not None:
+        deliveries = [
+            # Runs again at once after a cycle that sent anything: a backlog drains without
+            # waiting out the interval.
+            Job("partner_webhooks", settings.partner_webhook_interval, dispatcher.cycle, 1),
+            Job(
+                "partner_webhook_retention", settings.retention_interval, dispatcher.apply_retention
+            ),
+        ]
     return [
+        *deliveries,
         Job("settle", settings.recovery_settle_interval, settle, batch, uses_bakkt=True),
         Job("sweep", settings.recovery_sweep_interval, sweep, batch, uses_bakkt=True),
         Job("rematch_webhooks", settings.recovery_rematch_interval, rematch, batch),
@@ -128,10 +142,13 @@ class Workers:
         *,
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.jobs = list(jobs)
         self.breaker = breaker
         self.metrics = metrics or METRICS
+        # Closed once every loop has ended (the dispatcher's HTTP client).
+        self._on_stop = list(on_stop)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -145,10 +162,12 @@ class Workers:
         metrics: Metrics | None = None,
     ) -> Workers:
         metrics = metrics or METRICS
+        dispatcher = Dispatcher(session_factory, settings, metrics=metrics)
         return cls(
-            service_jobs(session_factory, bakkt, settings, metrics),
+            service_jobs(session_factory, bakkt, settings, metrics, dispatcher),
             breaker=bakkt.breaker,
             metrics=metrics,
+            on_stop=[dispatcher.aclose],
         )
 
     @property
@@ -170,14 +189,16 @@ class Workers:
     async def stop(self, grace: float = 5.0) -> None:
         """Let each loop finish its cycle for up to `grace` seconds, then cancel it."""
         self._stopping.set()
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        log.info("recovery workers stopped")
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+            log.info("recovery workers stopped")
+        for close in self._on_stop:
+            await close()
+        self._on_stop = []
 
     async def wait(self) -> None:
         """Until `request_stop()` (a signal, in the standalone worker)."""
