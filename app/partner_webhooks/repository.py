@@ -83,6 +83,7 @@ async def add_endpoint(
     )
     session.add(endpoint)
     await session.flush()
+    await session.refresh(endpoint)
     return endpoint
 
 

@@ -65,6 +65,13 @@ class WebhookEndpointService:
     ) -> EndpointView:
         return EndpointView(endpoint, self._fingerprints(endpoint), counts)
 
+    async def _read_done(self, views: list[EndpointView]) -> list[EndpointView]:
+        # Detached before the read's transaction ends, so the rollback does not expire what the
+        # router renders afterwards.
+        self.session.expunge_all()
+        await self.session.rollback()
+        return views
+
     def _check_url(self, url: str) -> None:
         problem = webhook_url_problem(url)
         if problem is not None:
@@ -119,16 +126,14 @@ class WebhookEndpointService:
 
     async def list_all(self) -> list[EndpointView]:
         endpoints = await repo.list_endpoints(self.session)
-        await self.session.rollback()
-        return [self._view(e) for e in endpoints]
+        return await self._read_done([self._view(e) for e in endpoints])
 
     async def get(self, endpoint_id: uuid.UUID) -> EndpointView:
         endpoint = await repo.get_endpoint(self.session, endpoint_id)
         if endpoint is None:
             raise EndpointNotFound("No webhook endpoint has this id.")
-        counts = await repo.delivery_counts(self.session, endpoint_id)
-        await self.session.rollback()
-        return self._view(endpoint, counts)
+        view = self._view(endpoint, await repo.delivery_counts(self.session, endpoint_id))
+        return (await self._read_done([view]))[0]
 
     async def _locked(self, endpoint_id: uuid.UUID) -> WebhookEndpoint:
         endpoint = await repo.get_endpoint(self.session, endpoint_id, lock=True)
