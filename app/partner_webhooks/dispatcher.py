@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.alerts.service import AlertSpec, add_alert_once
 from app.config import Settings, webhook_secret_key
 from app.core.clock import db_now
+from app.events.listen import Listener
 from app.partner_webhooks import metrics as pm
 from app.partner_webhooks import repository as repo
 from app.partner_webhooks.metrics import BACKLOG, Backlog
@@ -101,6 +103,7 @@ class Dispatcher:
         sender: Sender | None = None,
         metrics: Metrics | None = None,
         backlog: Backlog | None = None,
+        listen_url: URL | str | None = None,
     ) -> None:
         self.factory = factory
         self.settings = settings
@@ -108,18 +111,34 @@ class Dispatcher:
         self.metrics = metrics or METRICS
         self.backlog = backlog or BACKLOG
         self._synced = False
+        # Set by the sequencer's `events` notice (any replica's): new numbered events to send.
+        self.wake = asyncio.Event()
+        self._listener = (
+            Listener(listen_url, "events", self._numbered, timeout=5.0)
+            if listen_url is not None
+            else None
+        )
         self._stats_at = 0.0
         self._settings_keys = [
             webhook_secret_key(s.get_secret_value()) for s in settings.partner_webhook_secrets
         ]
 
+    def _numbered(self, _payload: str) -> None:
+        self.wake.set()
+
     async def aclose(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self.sender.aclose()
 
     # --- the cycle ------------------------------------------------------------------------------
 
     async def cycle(self, *, now: datetime | None = None) -> int:
         """Deliver what is due; returns how many events were sent (0: nothing was due)."""
+        if self._listener is not None:
+            await self._listener.ensure()
+        # Cleared before fanning out: a notice during the cycle wakes the next one at once.
+        self.wake.clear()
         clock = CycleClock(now or await self._db_now())
         if not self._synced:
             await self.sync_settings_endpoints(clock.now())

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.events.repository import StoredEvent
+from app.events.service import event_json
 from app.partner_webhooks.models import (
     DisabledReason,
     EndpointSource,
@@ -265,26 +267,6 @@ class ClaimedLane:
     deliveries: list[PendingDelivery]
 
 
-def event_json(
-    *,
-    event_id: str,
-    type_: str,
-    version: int,
-    created_at: datetime,
-    party_ref: str,
-    data: dict[str, Any],
-) -> dict[str, Any]:
-    """The public event format, version 1 (README "Events")."""
-    return {
-        "id": event_id,
-        "type": type_,
-        "version": version,
-        "createdAt": created_at.isoformat().replace("+00:00", "Z"),
-        "partyRef": party_ref,
-        "data": data,
-    }
-
-
 async def claim_lanes(
     session: AsyncSession,
     *,
@@ -325,13 +307,12 @@ async def claim_lanes(
                 r.seq,
                 r.attempts,
                 r.event_id,
+                # The events package's own renderer: a delivery's body is the same JSON as the
+                # event in a catch-up page or the stream.
                 event_json(
-                    event_id=r.event_id,
-                    type_=r.type,
-                    version=r.version,
-                    created_at=r.created_at,
-                    party_ref=r.event_party,
-                    data=r.data,
+                    StoredEvent(
+                        r.seq, r.event_id, r.type, r.version, r.created_at, r.event_party, r.data
+                    )
                 ),
             )
         )

@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
 from app.bakkt.errors import BakktError
@@ -26,6 +29,7 @@ from app.config import Settings
 from app.core.backoff import backoff
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
+from app.events.sequencer import Sequencer
 from app.idempotency.finisher import finish_abandoned_requests
 from app.partner_webhooks.dispatcher import Dispatcher
 from app.processes.service import ProcessHeartbeat
@@ -44,6 +48,8 @@ log = logging.getLogger("app.recovery")
 ERROR_BACKOFF_CAP = 60.0
 # How often the scheduled reconciliation checks whether it is due (it runs once per interval).
 RECONCILE_CHECK_INTERVAL = 300.0
+# Events numbered per sequencer run (a fuller run is followed by another at once).
+SEQUENCER_BATCH = 1000
 # How often Bakkt's heartbeat is asked (the `bakkt_up` gauge; while the circuit is open, the
 # probe that closes it once Bakkt answers again).
 HEARTBEAT_INTERVAL = 60.0
@@ -59,6 +65,10 @@ class Job:
     full_batch: int | None = None
     # Skipped while the Bakkt circuit is open.
     uses_bakkt: bool = False
+    # Set by someone with news for the job (a Postgres notification): the wait ends at once.
+    wake: asyncio.Event | None = None
+    # Called once its loop has ended (a connection of its own to close).
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 def service_jobs(
@@ -101,6 +111,10 @@ def service_jobs(
     async def expire_links() -> int:
         return await expire_abandoned_links(session_factory, settings, metrics=metrics)
 
+    sequencer = Sequencer(
+        session_factory, _database_url(session_factory, settings), batch=SEQUENCER_BATCH
+    )
+
     async def retention() -> int:
         result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
@@ -108,9 +122,17 @@ def service_jobs(
     deliveries: list[Job] = []
     if dispatcher is not None:
         deliveries = [
-            # Runs again at once after a cycle that sent anything: a backlog drains without
-            # waiting out the interval.
-            Job("partner_webhooks", settings.partner_webhook_interval, dispatcher.cycle, 1),
+            # Runs again at once after a cycle that sent anything (a backlog drains without
+            # waiting out the interval),
+            # and is woken by the sequencer's notice of newly numbered events.
+            Job(
+                "partner_webhooks",
+                settings.partner_webhook_interval,
+                dispatcher.cycle,
+                1,
+                wake=dispatcher.wake,
+                close=dispatcher.aclose,
+            ),
             Job(
                 "partner_webhook_retention", settings.retention_interval, dispatcher.apply_retention
             ),
@@ -130,7 +152,26 @@ def service_jobs(
         Job("expire_links", settings.recovery_link_expiry_interval, expire_links, batch),
         # Not skipped while the circuit is open: it is what closes it when no request comes.
         Job("heartbeat", HEARTBEAT_INTERVAL, heartbeat),
+        # Woken by each writer's commit; the interval is only the fallback poll.
+        Job(
+            "sequence_events",
+            settings.events_sequencer_interval,
+            sequencer.cycle,
+            SEQUENCER_BATCH,
+            wake=sequencer.wake,
+            close=sequencer.close,
+        ),
     ]
+
+
+def _database_url(session_factory: SessionFactory, settings: Settings) -> URL | str:
+    """Where the factory's engine connects (the sequencer's LISTEN goes there too)."""
+    bind = session_factory.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        return bind.url
+    if settings.database_url is None:
+        raise RuntimeError("the event sequencer needs DATABASE_URL or an engine-bound factory")
+    return settings.database_url
 
 
 class Workers:
@@ -142,13 +183,10 @@ class Workers:
         *,
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
-        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.jobs = list(jobs)
         self.breaker = breaker
         self.metrics = metrics or METRICS
-        # Closed once every loop has ended (the dispatcher's HTTP client).
-        self._on_stop = list(on_stop)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -162,12 +200,16 @@ class Workers:
         metrics: Metrics | None = None,
     ) -> Workers:
         metrics = metrics or METRICS
-        dispatcher = Dispatcher(session_factory, settings, metrics=metrics)
+        dispatcher = Dispatcher(
+            session_factory,
+            settings,
+            metrics=metrics,
+            listen_url=_database_url(session_factory, settings),
+        )
         return cls(
             service_jobs(session_factory, bakkt, settings, metrics, dispatcher),
             breaker=bakkt.breaker,
             metrics=metrics,
-            on_stop=[dispatcher.aclose],
         )
 
     @property
@@ -189,16 +231,20 @@ class Workers:
     async def stop(self, grace: float = 5.0) -> None:
         """Let each loop finish its cycle for up to `grace` seconds, then cancel it."""
         self._stopping.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
-            log.info("recovery workers stopped")
-        for close in self._on_stop:
-            await close()
-        self._on_stop = []
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for job in self.jobs:
+            if job.close is not None:
+                try:
+                    await job.close()
+                except Exception:
+                    log.exception("recovery job %s did not close cleanly", job.name)
+        log.info("recovery workers stopped")
 
     async def wait(self) -> None:
         """Until `request_stop()` (a signal, in the standalone worker)."""
@@ -208,7 +254,7 @@ class Workers:
         failures = 0
         in_outage = False
         # Replicas started together should not hit the database in step.
-        await self._pause(job.interval * _rng.uniform(0.1, 0.5))
+        await self._pause(job.interval * _rng.uniform(0.1, 0.5), job.wake)
         while not self._stopping.is_set():
             delay = job.interval * _rng.uniform(0.8, 1.2)
             try:
@@ -245,14 +291,22 @@ class Workers:
                         failures,
                         delay,
                     )
-            await self._pause(delay)
+            await self._pause(delay, job.wake)
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        if wake is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            return
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
 
 async def run_standalone(settings: Settings) -> None:
