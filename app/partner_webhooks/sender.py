@@ -157,14 +157,18 @@ class Sender:
                     retry_after = reply.headers.get("retry-after")
         except TimeoutError:
             return Attempt(Outcome.TIMEOUT, None, elapsed(), f"no answer within {self.timeout:g} s")
-        except httpx.TimeoutException as exc:
-            if _refused(exc):
-                return Attempt(Outcome.REFUSED, None, elapsed(), _REFUSED_NAME)
-            return Attempt(Outcome.TIMEOUT, None, elapsed(), f"timeout ({type(exc).__name__})")
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             if _refused(exc):
                 return Attempt(Outcome.REFUSED, None, elapsed(), _REFUSED_NAME)
+            # httpx-aiohttp maps every aiohttp connection error (a refused connection too) to
+            # httpx.ConnectTimeout; the aiohttp exception it chains from tells the truth.
             cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+            if isinstance(cause, aiohttp.ServerTimeoutError) or (
+                cause is exc and isinstance(exc, httpx.TimeoutException)
+            ):
+                return Attempt(
+                    Outcome.TIMEOUT, None, elapsed(), f"timeout ({type(cause).__name__})"
+                )
             return Attempt(
                 Outcome.CONNECTION, None, elapsed(), f"connection failed ({type(cause).__name__})"
             )
