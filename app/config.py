@@ -348,6 +348,11 @@ class Settings(BaseSettings):
                 "PARTNER_WEBHOOK_URLS is set but PARTNER_WEBHOOK_SECRETS is empty: "
                 "every delivery must be signed"
             )
+        if self.partner_webhook_lease < self.partner_webhook_timeout + 10:
+            # A lane's last send must end before its lease does (dispatcher.py).
+            raise ValueError(
+                "PARTNER_WEBHOOK_LEASE must be at least PARTNER_WEBHOOK_TIMEOUT + 10 seconds"
+            )
         return self
 
     @model_validator(mode="after")
