@@ -13,6 +13,7 @@ from app.auth.tokens import AuthenticationRequired, Principal
 from app.core.json_body import DuplicateField, UnstorableText, sound_json_body
 from app.db import get_session
 from app.errors import problem_responses
+from app.funding.router import ValidationFailed
 from app.partner_webhooks import schemas
 from app.partner_webhooks.errors import (
     EndpointNotFound,
@@ -31,7 +32,8 @@ from app.partner_webhooks.service import EndpointView, WebhookEndpointService
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["partner webhooks"])
 
-_AUTH = (AuthenticationRequired, AdminScopeRequired)
+# ValidationFailed: FastAPI's own 422 for a bad path or query, declared as the problem it is.
+_AUTH = (AuthenticationRequired, AdminScopeRequired, ValidationFailed)
 _BODY = (DuplicateField, UnstorableText, UnknownEventType)
 
 EndpointId = Annotated[uuid.UUID, Path(alias="endpointId")]
