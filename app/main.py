@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
+from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
@@ -110,6 +111,7 @@ def create_app(
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    app.include_router(admin_router)
     app.include_router(events_router)
     app.include_router(partner_webhooks_router)
     declare_event_webhooks(app)
