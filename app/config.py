@@ -249,9 +249,11 @@ class Settings(BaseSettings):
     partner_webhook_log_retention_days: int = Field(default=30, ge=1)
 
     # Events (docs/events.md): the sequencer is woken by each writer's commit and polls this
-    # often besides; an SSE stream sends a heartbeat comment this often when it has nothing to
+    # often besides, and runs at most once per min_gap (a busy minute's commits are numbered
+    # in batches); an SSE stream sends a heartbeat comment this often when it has nothing to
     # send; each process's stream hub looks for new events this often when no notice came.
     events_sequencer_interval: float = Field(default=1.0, gt=0)
+    events_sequencer_min_gap: float = Field(default=0.05, ge=0)
     events_stream_heartbeat: float = Field(default=15.0, gt=0)
     events_stream_poll_interval: float = Field(default=5.0, gt=0)
 

@@ -112,7 +112,10 @@ def service_jobs(
         return await expire_abandoned_links(session_factory, settings, metrics=metrics)
 
     sequencer = Sequencer(
-        session_factory, _database_url(session_factory, settings), batch=SEQUENCER_BATCH
+        session_factory,
+        _database_url(session_factory, settings),
+        batch=SEQUENCER_BATCH,
+        min_gap=settings.events_sequencer_min_gap,
     )
 
     async def retention() -> int:
