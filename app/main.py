@@ -24,6 +24,8 @@ from app.events.openapi import declare_event_webhooks
 from app.events.router import router as events_router
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.partner_webhooks.metrics import watch_backlog
+from app.partner_webhooks.router import router as partner_webhooks_router
 from app.processes.service import ProcessHeartbeat
 from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
@@ -104,6 +106,7 @@ def create_app(
     app.state.settings = settings
     app.state.heartbeat = None
     app.state.metrics = METRICS
+    watch_backlog(METRICS)
     app.state.schema_head = migrate.head_revision()
     # Set on shutdown (SIGTERM): open event streams end so their clients resume elsewhere.
     app.state.draining = asyncio.Event()
@@ -114,6 +117,7 @@ def create_app(
     app.include_router(recovery_router)
     app.include_router(admin_router)
     app.include_router(events_router)
+    app.include_router(partner_webhooks_router)
     declare_event_webhooks(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
