@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import migrate
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
-from app.config import Settings, get_settings
+from app.config import AppEnv, Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
+from app.demo.router import install_demo
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
@@ -91,6 +92,9 @@ def create_app(
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    if settings.app_env is AppEnv.DEVELOPMENT:
+        # It hands out tokens for any party to anyone who asks: never in production.
+        install_demo(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
