@@ -191,6 +191,13 @@ class Settings(BaseSettings):
     webhook_body_retention_days: int = Field(default=90, ge=1)
     retention_interval: float = Field(default=3600.0, gt=0)
 
+    # Events (docs/events.md): the sequencer is woken by each writer's commit and polls this
+    # often besides; an SSE stream sends a heartbeat comment this often when it has nothing to
+    # send; each process's stream hub looks for new events this often when no notice came.
+    events_sequencer_interval: float = Field(default=1.0, gt=0)
+    events_stream_heartbeat: float = Field(default=15.0, gt=0)
+    events_stream_poll_interval: float = Field(default=5.0, gt=0)
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

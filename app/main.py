@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,6 +19,9 @@ from app.db import create_engine, create_session_factory
 from app.demo.router import install_demo
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
+from app.events.hub import EventHub
+from app.events.openapi import declare_event_webhooks
+from app.events.router import router as events_router
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
 from app.processes.service import ProcessHeartbeat
@@ -55,6 +59,16 @@ def create_app(
             else:
                 app.state.bakkt = bakkt
             watch_bakkt(app.state.metrics, app.state.bakkt)
+            # One per process: every SSE stream of this process hangs off its one LISTEN.
+            hub = EventHub(
+                lambda: app.state.session_factory,
+                app_engine.url,
+                poll_interval=settings.events_stream_poll_interval,
+            )
+            app.state.event_hub = hub
+            stack.push_async_callback(hub.close)
+            draining_watch = asyncio.create_task(_close_on_drain(app, hub))
+            stack.callback(draining_watch.cancel)
             heartbeat = ProcessHeartbeat(
                 app_engine.url,
                 kind="serve",
@@ -87,11 +101,15 @@ def create_app(
     app.state.heartbeat = None
     app.state.metrics = METRICS
     app.state.schema_head = migrate.head_revision()
+    # Set on shutdown (SIGTERM): open event streams end so their clients resume elsewhere.
+    app.state.draining = asyncio.Event()
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    app.include_router(events_router)
+    declare_event_webhooks(app)
     if settings.app_env is AppEnv.DEVELOPMENT:
         # It hands out tokens for any party to anyone who asks: never in production.
         install_demo(app)
@@ -102,3 +120,9 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _close_on_drain(app: FastAPI, hub: EventHub) -> None:
+    draining: asyncio.Event = app.state.draining
+    await draining.wait()
+    await hub.close()

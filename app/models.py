@@ -2,6 +2,7 @@
 
 from app.alerts.models import OperatorAlert
 from app.db import Base
+from app.events.models import Event
 from app.funding.models import (
     BankAccount,
     BankAccountHistory,
@@ -19,6 +20,7 @@ __all__ = [
     "BankAccount",
     "BankAccountHistory",
     "Base",
+    "Event",
     "IdempotencyKey",
     "OperatorAlert",
     "Party",

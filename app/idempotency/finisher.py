@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.funding import repository as funding_repo
 from app.funding.repository import UNSETTLED
 from app.funding.schemas import dump
-from app.funding.service import transaction_out
+from app.funding.views import transaction_out
 from app.idempotency import repository as repo
 from app.recovery.metrics import METRICS, Metrics
 

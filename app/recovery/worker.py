@@ -18,6 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
 from app.bakkt.errors import BakktError
@@ -26,6 +29,7 @@ from app.config import Settings
 from app.core.backoff import backoff
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
+from app.events.sequencer import Sequencer
 from app.idempotency.finisher import finish_abandoned_requests
 from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
@@ -43,6 +47,8 @@ log = logging.getLogger("app.recovery")
 ERROR_BACKOFF_CAP = 60.0
 # How often the scheduled reconciliation checks whether it is due (it runs once per interval).
 RECONCILE_CHECK_INTERVAL = 300.0
+# Events numbered per sequencer run (a fuller run is followed by another at once).
+SEQUENCER_BATCH = 1000
 # How often Bakkt's heartbeat is asked (the `bakkt_up` gauge; while the circuit is open, the
 # probe that closes it once Bakkt answers again).
 HEARTBEAT_INTERVAL = 60.0
@@ -58,6 +64,10 @@ class Job:
     full_batch: int | None = None
     # Skipped while the Bakkt circuit is open.
     uses_bakkt: bool = False
+    # Set by someone with news for the job (a Postgres notification): the wait ends at once.
+    wake: asyncio.Event | None = None
+    # Called once its loop has ended (a connection of its own to close).
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 def service_jobs(
@@ -98,6 +108,10 @@ def service_jobs(
     async def expire_links() -> int:
         return await expire_abandoned_links(session_factory, settings, metrics=metrics)
 
+    sequencer = Sequencer(
+        session_factory, _database_url(session_factory, settings), batch=SEQUENCER_BATCH
+    )
+
     async def retention() -> int:
         result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
@@ -116,7 +130,26 @@ def service_jobs(
         Job("expire_links", settings.recovery_link_expiry_interval, expire_links, batch),
         # Not skipped while the circuit is open: it is what closes it when no request comes.
         Job("heartbeat", HEARTBEAT_INTERVAL, heartbeat),
+        # Woken by each writer's commit; the interval is only the fallback poll.
+        Job(
+            "sequence_events",
+            settings.events_sequencer_interval,
+            sequencer.cycle,
+            SEQUENCER_BATCH,
+            wake=sequencer.wake,
+            close=sequencer.close,
+        ),
     ]
+
+
+def _database_url(session_factory: SessionFactory, settings: Settings) -> URL | str:
+    """Where the factory's engine connects (the sequencer's LISTEN goes there too)."""
+    bind = session_factory.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        return bind.url
+    if settings.database_url is None:
+        raise RuntimeError("the event sequencer needs DATABASE_URL or an engine-bound factory")
+    return settings.database_url
 
 
 class Workers:
@@ -177,6 +210,12 @@ class Workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for job in self.jobs:
+            if job.close is not None:
+                try:
+                    await job.close()
+                except Exception:
+                    log.exception("recovery job %s did not close cleanly", job.name)
         log.info("recovery workers stopped")
 
     async def wait(self) -> None:
@@ -224,14 +263,22 @@ class Workers:
                         failures,
                         delay,
                     )
-            await self._pause(delay)
+            await self._pause(delay, job.wake)
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        if wake is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            return
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
 
 async def run_standalone(settings: Settings) -> None:
