@@ -81,8 +81,6 @@ class DemoConfig(BaseModel):
 
     transfer_max_attempts: int
     bakkt_read_timeout: float
-    settle_interval: float
-    unknown_backoff_base: float
 
 
 def _settings(request: Request) -> Settings:
@@ -101,8 +99,6 @@ async def config(request: Request) -> DemoConfig:
     return DemoConfig(
         transfer_max_attempts=settings.bakkt_transfer_max_attempts,
         bakkt_read_timeout=settings.bakkt_read_timeout,
-        settle_interval=settings.recovery_settle_interval,
-        unknown_backoff_base=settings.recovery_unknown_backoff_base,
     )
 
 

@@ -106,12 +106,7 @@ async def test_dev_token_needs_the_shared_secret() -> None:
 async def test_config_names_the_settings_the_page_describes(http: httpx.AsyncClient) -> None:
     answer = await http.get("/demo/config")
     assert answer.status_code == 200
-    assert answer.json() == {
-        "transferMaxAttempts": 4,
-        "bakktReadTimeout": 10.0,
-        "settleInterval": 5.0,
-        "unknownBackoffBase": 10.0,
-    }
+    assert answer.json() == {"transferMaxAttempts": 4, "bakktReadTimeout": 10.0}
 
 
 async def test_sandbox_control_api_is_forwarded_as_it_answers(

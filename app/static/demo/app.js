@@ -51,7 +51,7 @@
     return [
       {
         label: "5xx: Bakkt answers 503 to the next transfer",
-        hint: `Every one of the service's ${n} attempts of the next transfer gets 503. The service answers UNKNOWN (it cannot know whether Bakkt acted); recovery looks the transfer up, finds Bakkt never got it, and re-sends it with the same idempotency key: PENDING.`,
+        hint: `Every one of the service's ${n} attempts of the next transfer gets 503. The service answers UNKNOWN (it cannot know whether Bakkt acted); some 10 s later recovery looks the transfer up, finds Bakkt never got it, and re-sends it with the same idempotency key: PENDING.`,
         body: { operation: "transferFiatCurrency", mode: "error", status: 503, count: n },
       },
       {
@@ -560,7 +560,8 @@
       return;
     }
     const allowed = p.allowed || {};
-    const acct = p.currentBankAccount;
+    // The accounts follow their own events; the party's copy of its current one may be older.
+    const acct = [...state.accounts.values()].find((a) => a.current) || (state.accounts.size ? null : p.currentBankAccount);
     box.replaceChildren(
       h("div", { class: "party-status", id: "party-status", dataset: { status: p.status } },
         badge(p.status, true),
@@ -860,6 +861,7 @@
     state.expanded.clear();
     state.lastErrors.clear();
     $("#events").replaceChildren();
+    $("#banner").hidden = true;
     $("#party-input").value = ref;
     const url = new URL(location.href);
     url.search = "";
@@ -884,7 +886,10 @@
     const el = $("#banner");
     el.hidden = false;
     el.className = bad ? "banner bad" : "banner";
-    el.textContent = text;
+    el.replaceChildren(
+      h("span", {}, text),
+      h("button", { type: "button", class: "mini secondary", "aria-label": "Dismiss", onclick: () => { el.hidden = true; } }, "×"),
+    );
   }
 
   async function init() {
