@@ -319,3 +319,10 @@ async def _walk(j: Journey, base_url: str, party: str) -> None:
     await page.wait_for_selector("#accounts >> text=flagged for review")
     await j.open_history(returned, "RETURNED")
     await j.shot("returned-with-fee")
+    # The whole page, tidied (the README's picture): the banner dismissed, one history open.
+    await page.click("#banner button")
+    await page.wait_for_selector("#banner", state="hidden")
+    for txn_id in (deposit, lost):
+        await page.click(f'#transactions tr.txn[data-id="{txn_id}"]')
+        await page.wait_for_selector(f'tr.history[data-for="{txn_id}"]', state="detached")
+    await j.shot("overview")

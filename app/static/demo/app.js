@@ -61,7 +61,7 @@
       },
       {
         label: "Accept, then drop: Bakkt acts but its answer is lost",
-        hint: `Bakkt records the next transfer, then closes the connection before answering, on each of the ${n} attempts (the same key: still one transfer at Bakkt). The service answers UNKNOWN; Bakkt's PENDING webhook or recovery's look-up settles it.`,
+        hint: `Bakkt records the next transfer, then closes the connection before answering, on each of the ${n} attempts; all carry the same key, so Bakkt holds one transfer (the sandbox's requestCount shows the resends). Bakkt's PENDING webhook usually arrives during the retries, so the answer is PENDING and the lost UNKNOWN shows in the history as not applied; otherwise it is UNKNOWN until recovery's look-up finds the transfer.`,
         body: { operation: "transferFiatCurrency", mode: "accept_then_drop", count: n },
       },
       {
@@ -245,10 +245,11 @@
     box.hidden = false;
     if (err instanceof ApiError) {
       box.replaceChildren(
-        err.status ? `${err.status} ` : "",
-        h("code", {}, err.code),
-        ` — ${err.message}`,
-        err.body && err.body.transactionId ? h("span", { class: "reason-text" }, `transactionId ${err.body.transactionId}`) : null,
+        h("span", {},
+          err.status ? `${err.status} ` : "",
+          h("code", {}, err.code),
+          ` — ${err.message}`,
+          err.body && err.body.transactionId ? h("span", { class: "reason-text" }, `transactionId ${err.body.transactionId}`) : null),
       );
     } else {
       box.replaceChildren(String(err));
@@ -598,8 +599,8 @@
       ...(rows.length
         ? rows.map((a) =>
             h("tr", { class: state.fresh.has(a.id) ? "fresh" : "", dataset: { id: a.id, status: a.status, method: a.linkMethod } },
-              h("td", {}, a.bankName || h("span", { class: "muted" }, "waiting for Bakkt")),
-              h("td", {}, a.accountMask ? `${(a.accountType || "").toLowerCase()} ••••${a.accountMask}` : "–"),
+              h("td", {}, a.bankName || h("span", { class: "muted" }, a.status === "PENDING" ? "waiting for Bakkt" : "–")),
+              h("td", { class: "nowrap" }, a.accountMask ? `${(a.accountType || "").toLowerCase()} ••••${a.accountMask}` : "–"),
               h("td", {}, a.linkMethod),
               h("td", {}, badge(a.status), a.current ? h("span", { class: "current-tag" }, "current") : null,
                 a.needsReview ? h("span", { class: "reason-text" }, "flagged for review") : null),
@@ -687,8 +688,8 @@
   function renderSandbox() {
     const c = state.clock;
     $("#clock").replaceChildren(
-      c ? `day ${Number(c.businessDays).toFixed(2)}` : "–",
-      c ? h("small", {}, c.frozen ? "  · frozen: only the buttons move it" : `  · ${c.timeScale} s per business day`) : null,
+      h("span", { id: "clock-days", dataset: { days: c ? c.businessDays : "" } }, c ? `day ${Number(c.businessDays).toFixed(2)}` : "–"),
+      c ? h("small", {}, c.frozen ? "  · frozen: only the buttons move it" : `  · ${c.timeScale} s per business day`) : "",
     );
     $("#faults").replaceChildren(
       ...state.faults.map((f) =>
