@@ -5,10 +5,11 @@ commits (a `before_commit` hook), inside the same database transaction as the ch
 rollback drops the queue with the change, so an event row exists if and only if its change
 committed, and there is no "publish after commit" step for a crash to skip.
 
-A transaction's event is rendered at once: `state.transition` sets every public field of the move
+A transaction's move is rendered at once: `state.transition` sets every public field of the move
 before it records it, and two moves in one database transaction each publish their own state. A
-bank account's event is rendered at commit, from the row as the transaction leaves it: its writer
-(`add_bank_account_history`) runs before its caller sets the new status and reason.
+hold, its release and a bank account's change are rendered at commit, from the row as the
+transaction leaves it: their writers (the `held_for_review` flag's attribute event,
+`add_bank_account_history`) run before the caller has set the rest of the change.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, object_session
 
 from app.events import repository
 from app.events.models import EVENT_VERSION, EventType
@@ -127,6 +128,25 @@ def transaction_event(session: AsyncSession | Session, txn: Transaction, type_: 
 def transaction_moved(session: AsyncSession | Session, txn: Transaction) -> None:
     """The event of the status `txn` has just moved to."""
     transaction_event(session, txn, TRANSACTION_TYPES[TransactionStatus(txn.status)])
+
+
+@sa_event.listens_for(Transaction.held_for_review, "set", active_history=True)
+def _hold_changed(txn: Transaction, value: object, old: object, _initiator: object) -> None:
+    """A hold and its release, by whichever code sets the flag (the hold in
+    `bakkt_sync._hold`, an operator's release): `transaction.held_for_review` /
+    `transaction.released`, rendered at commit, when the code that set it has set the rest."""
+    if not isinstance(old, bool) or bool(value) == old:
+        # A new row (no old value) or no change: nothing to announce.
+        return
+    session = object_session(txn)
+    if session is None:
+        raise RuntimeError(f"transaction {txn.id}: hold changed outside a session, no event")
+    type_ = EventType.TRANSACTION_HELD_FOR_REVIEW if value else EventType.TRANSACTION_RELEASED
+
+    def render(_sync: Session) -> tuple[str, dict[str, Any]]:
+        return txn.party_ref, dump(transaction_out(txn))
+
+    _queue(session, _Queued(type_, txn.id, render))
 
 
 def bank_account_event(

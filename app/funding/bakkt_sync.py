@@ -27,26 +27,16 @@ from app.alerts.service import AlertSpec
 from app.bakkt.types import BakktTransaction, TransactionKind
 from app.core.money import format_dollars, whole_cents
 from app.core.text import clip
-from app.events import service as events
-from app.events.models import EventType
 from app.funding import repository as repo
 from app.funding.models import (
     HistorySource,
     Transaction,
-    TransactionHistory,
     TransactionMethod,
     TransactionOrigin,
     TransactionType,
 )
 from app.funding.models import TransactionStatus as Status
-from app.funding.state import (
-    OPEN,
-    Judgement,
-    from_bakkt_status,
-    judge,
-    record_creation,
-    transition,
-)
+from app.funding.state import Judgement, from_bakkt_status, judge, record_creation, transition
 
 log = logging.getLogger("app.funding")
 
@@ -298,7 +288,6 @@ def _hold(
         txn.held_for_review = True
         txn.review_reason = f"{report.context}: {problem}"
         txn.updated_at = now
-        events.transaction_event(session, txn, EventType.TRANSACTION_HELD_FOR_REVIEW)
     if newly_held or report.event_id is not None:
         transition(
             session,
@@ -322,39 +311,6 @@ def _hold(
             data["requestId"] = report.event_id
         alert = AlertSpec(HELD_ALERT, f"transaction {txn.id}", f"{report.context}: {problem}", data)
     return Applied(Verdict.HELD, txn, target, Status(txn.status), mismatch=problem, alert=alert)
-
-
-def release_hold(
-    session: AsyncSession,
-    txn: Transaction,
-    *,
-    source: HistorySource = HistorySource.ADMIN,
-    note: str,
-    now: datetime,
-) -> bool:
-    """An operator has looked at a held transaction and lets it move again: clear the hold,
-    record who and why in its history, and write `transaction.released`. The caller holds the
-    row lock (`repo.lock_transaction`) and commits; what Bakkt said meanwhile was recorded and
-    not applied, so the next sync applies Bakkt's current word. False when it was not held."""
-    if not txn.held_for_review:
-        return False
-    txn.held_for_review = False
-    txn.updated_at = now
-    if Status(txn.status) in OPEN:
-        # Claims skip held rows: look at Bakkt's word for it at the next sweep.
-        txn.next_check_at = now
-    session.add(
-        TransactionHistory(
-            transaction_id=txn.id,
-            from_status=txn.status,
-            to_status=txn.status,
-            source=source,
-            applied=True,
-            note=f"released from review ({txn.review_reason}): {note}",
-        )
-    )
-    events.transaction_event(session, txn, EventType.TRANSACTION_RELEASED)
-    return True
 
 
 async def _link_related(

@@ -226,7 +226,7 @@ class Workers:
         failures = 0
         in_outage = False
         # Replicas started together should not hit the database in step.
-        await self._pause(job.interval * _rng.uniform(0.1, 0.5))
+        await self._pause(job.interval * _rng.uniform(0.1, 0.5), job.wake)
         while not self._stopping.is_set():
             delay = job.interval * _rng.uniform(0.8, 1.2)
             try:

@@ -79,9 +79,11 @@ class Feed:
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
     """Until `check` holds (a condition, never a fixed sleep)."""
-    async with asyncio.timeout(within):
-        while not await check():
-            await asyncio.sleep(0.02)
+    for _ in range(int(within / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"not true within {within} s")
 
 
 def sequencer_workers(engine: AsyncEngine, *, interval: float = 0.5) -> Workers:
