@@ -60,12 +60,16 @@ def create_app(
                 app.state.bakkt = bakkt
             watch_bakkt(app.state.metrics, app.state.bakkt)
             # One per process: every SSE stream of this process hangs off its one LISTEN.
+            # Its reads (and the streams' backlogs) are of committed rows only: on the engine
+            # itself, whatever session factory the requests are given.
+            app.state.event_reads = create_session_factory(app_engine)
             hub = EventHub(
-                lambda: app.state.session_factory,
+                app.state.event_reads,
                 app_engine.url,
                 poll_interval=settings.events_stream_poll_interval,
             )
             app.state.event_hub = hub
+            hub.start()
             stack.push_async_callback(hub.close)
             draining_watch = asyncio.create_task(_close_on_drain(app, hub))
             stack.callback(draining_watch.cancel)

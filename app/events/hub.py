@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -82,7 +82,7 @@ class EventHub:
 
     def __init__(
         self,
-        factory: Callable[[], SessionFactory],
+        factory: SessionFactory,
         url: URL | str,
         *,
         poll_interval: float,
@@ -99,6 +99,12 @@ class EventHub:
         self._listener = Listener(url, "events", self._on_notify, timeout=5.0)
 
     @property
+    def head(self) -> int:
+        """The last seq the hub has handed to its subscriptions (after `subscribe()`)."""
+        assert self._head is not None  # noqa: S101 - known once started
+        return self._head
+
+    @property
     def streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
@@ -107,14 +113,18 @@ class EventHub:
             self._notified = max(self._notified, int(payload))
         self._wake.set()
 
+    def start(self) -> None:
+        """Start listening (the lifespan does, so the first stream finds the hub ready)."""
+        if self._task is None and not self._closed:
+            self._started = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="events:hub")
+
     async def subscribe(self, party_ref: str) -> Subscription:
         sub = Subscription(party_ref)
         if self._closed:
             sub.close()
             return sub
-        if self._task is None:
-            self._started = asyncio.Event()
-            self._task = asyncio.create_task(self._run(), name="events:hub")
+        self.start()
         assert self._started is not None  # noqa: S101 - set with the task
         try:
             async with asyncio.timeout(START_TIMEOUT):
@@ -152,9 +162,13 @@ class EventHub:
                 fresh = await self._listener.ensure()
                 self._wake.clear()
                 notified = self._notified
-                if self._head is None or fresh or notified <= (self._head or 0):
+                if self._head is not None and not self._subs:
+                    # Nobody to deliver to: follow the notices, read nothing.
+                    self._head = max(self._head, notified)
+                    upto = self._head
+                elif self._head is None or fresh or notified <= self._head:
                     # First look, a new LISTEN (notices may have been missed) or a poll.
-                    async with self._factory()() as session:
+                    async with self._factory() as session:
                         upto = await repository.head(session)
                         await session.rollback()
                 else:
@@ -183,7 +197,7 @@ class EventHub:
             if not parties:
                 self._head = upto
                 return
-            async with self._factory()() as session:
+            async with self._factory() as session:
                 rows = await repository.parties_range(
                     session, party_refs=parties, after=self._head, upto=upto, limit=READ_BATCH
                 )
@@ -217,18 +231,14 @@ class EventStream:
 
     async def open(self, after: int | None) -> None:
         """Subscribe, then fix the start: after the cursor `after`, or (None) after the newest
-        event now."""
+        event the hub has seen."""
         self._sub = await self.hub.subscribe(self.party_ref)
-        try:
-            if after is None:
-                async with self.factory() as session:
-                    self._last = await repository.head(session)
-                    await session.rollback()
-            else:
-                self._last, self._backlog = after, True
-        except BaseException:
-            self.hub.unsubscribe(self._sub)
-            raise
+        if after is None:
+            # Where the hub stands: everything after it reaches this subscription, and a
+            # reconnect storm of fresh streams costs the database nothing.
+            self._last = self.hub.head
+        else:
+            self._last, self._backlog = after, True
 
     async def messages(self) -> AsyncIterator[str]:
         sub = self._sub

@@ -147,7 +147,7 @@ async def stream_party_events(
     hub: EventHub = state.event_hub
     opened = EventStream(
         hub,
-        state.session_factory,
+        state.event_reads,
         party_ref,
         heartbeat=state.settings.events_stream_heartbeat,
     )
