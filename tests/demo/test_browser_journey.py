@@ -293,7 +293,7 @@ async def _walk(j: Journey, base_url: str, party: str) -> None:
     await j.shot("fault-recovered")
 
     # 6. Bakkt suspends the party: the next deposit is refused, and nothing is written.
-    await page.click('[data-status="SUSPENDED"]')
+    await page.click('[data-party-status="SUSPENDED"]')
     await page.wait_for_selector('#party-status[data-status="SUSPENDED"]')
     before = await j.ids()
     await page.check('input[name="op"][value="deposit"]')
@@ -302,7 +302,7 @@ async def _walk(j: Journey, base_url: str, party: str) -> None:
     await page.wait_for_selector("#money-error >> text=party_suspended")
     assert await j.ids() == before
     await j.shot("suspended-deposit-refused")
-    await page.click('[data-status="ACTIVE"]')
+    await page.click('[data-party-status="ACTIVE"]')
     await page.wait_for_selector('#party-status[data-status="ACTIVE"]')
 
     # 7. A return after completion, with its R-code and the return fee Bakkt charges.

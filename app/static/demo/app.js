@@ -820,9 +820,9 @@
         });
       });
     }
-    for (const button of document.querySelectorAll("[data-status]")) {
+    for (const button of document.querySelectorAll("[data-party-status]")) {
       button.addEventListener("click", () => {
-        const status = button.dataset.status;
+        const status = button.dataset.partyStatus;
         action(button, "#sandbox-error", `party status ${status}`, async () => {
           await sandbox("POST", `parties/${encodeURIComponent(state.party)}/status`, { status });
           return `sandbox: party set to ${status}; Bakkt's PARTY_EVENT is on its way`;
