@@ -14,9 +14,10 @@ from app import migrate
 from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
-from app.config import Settings, get_settings
+from app.config import AppEnv, Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
+from app.demo.router import install_demo
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.events.hub import EventHub
@@ -119,6 +120,9 @@ def create_app(
     app.include_router(events_router)
     app.include_router(partner_webhooks_router)
     declare_event_webhooks(app)
+    if settings.app_env is AppEnv.DEVELOPMENT:
+        # It hands out tokens for any party to anyone who asks: never in production.
+        install_demo(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
