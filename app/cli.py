@@ -13,14 +13,13 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
 from app import migrate
 from app.config import Settings, describe_settings_error, get_settings, is_settings_error
-from app.core.logs import log_formatter
+from app.core.logs import configure_logging, register_secrets
 from app.serving import uvicorn_options
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
@@ -29,9 +28,8 @@ SANDBOX_STATE_DIR = DATA_DIR / "sandbox"
 
 
 def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(log_formatter())
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    configure_logging(settings.log_level.upper(), settings.resolved_log_format)
+    register_secrets(settings.secret_values())
 
 
 def _require_database_url(settings: Settings, *, wait_for_server: bool = False) -> str:
@@ -68,21 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=workers,
         host=args.host,
         port=args.port,
-        log_config=_worker_log_config(settings) if workers > 1 else uvicorn.config.LOGGING_CONFIG,
         **uvicorn_options(settings),
     )
     return 0
-
-
-def _worker_log_config(settings: Settings) -> dict[str, Any]:
-    # Worker processes do not inherit our logging set-up; uvicorn applies this in each of them.
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"()": "app.core.logs.log_formatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "root": {"level": settings.log_level.upper(), "handlers": ["stderr"]},
-    }
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = AppEnv.DEVELOPMENT
     log_level: str = "INFO"
+    # JSON lines or plain text; unset: text in development, JSON otherwise (docs/operations.md).
+    log_format: Literal["json", "text"] | None = None
 
     # Unset means: `fiat-onramp dev` and the tests start an embedded Postgres.
     database_url: str | None = None
@@ -293,6 +295,24 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.app_env is AppEnv.DEVELOPMENT else "json"
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redaction to remove by value."""
+        values = [s.get_secret_value() for s in self.bakkt_webhook_secrets]
+        for secret in (self.bakkt_client_secret, self.webhook_static_token, self.auth_jwt_secret):
+            if secret is not None:
+                values.append(secret.get_secret_value())
+        if self.database_url:
+            password = make_url(self.database_url).password
+            if password:
+                values.append(str(password))
+        return values
 
 
 # The environment prefix of each settings class the command line loads, by pydantic's title.

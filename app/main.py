@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
-from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.core import tracing
+from app.core.logs import register_secrets
+from app.core.metrics import METRICS, Metrics, worker_exited
+from app.core.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    RequestObservationMiddleware,
+)
 from app.db import create_engine, create_session_factory
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
 from app.processes.service import ProcessHeartbeat
-from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
 from app.webhooks.router import router as webhooks_router
@@ -33,10 +41,14 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     bakkt: BakktClient | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """Build the service. `engine` and `bakkt` let tests hand in their own; the app then leaves
     closing them to the caller."""
     settings = settings or get_settings()
+    metrics = metrics or METRICS
+    register_secrets(settings.secret_values())
+    tracer_provider = tracing.setup_tracing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,15 +57,20 @@ def create_app(
             app_engine = engine or create_engine(settings)
             if owned_engine:
                 stack.push_async_callback(app_engine.dispose)
+            if tracer_provider is not None:
+                tracing.instrument_engine(app_engine, tracer_provider)
+            # Last out: a stopping worker's live gauges leave the multiprocess sum.
+            stack.callback(worker_exited)
             app.state.engine = app_engine
             app.state.session_factory = create_session_factory(app_engine)
             if bakkt is None:
                 app.state.bakkt = await stack.enter_async_context(
-                    BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings))
+                    BakktClient(
+                        bakkt_config(settings), breaker=bakkt_breaker(settings), metrics=metrics
+                    )
                 )
             else:
                 app.state.bakkt = bakkt
-            watch_bakkt(app.state.metrics, app.state.bakkt)
             heartbeat = ProcessHeartbeat(
                 app_engine.url,
                 kind="serve",
@@ -66,7 +83,7 @@ def create_app(
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(
-                    app.state.session_factory, app.state.bakkt, settings, metrics=app.state.metrics
+                    app.state.session_factory, app.state.bakkt, settings, metrics=metrics
                 )
                 workers.start()
                 stack.push_async_callback(workers.stop)
@@ -84,17 +101,37 @@ def create_app(
     install_docs(app)
     app.state.settings = settings
     app.state.heartbeat = None
-    app.state.metrics = METRICS
+    app.state.metrics = metrics
+    metrics.build(app.version, os.environ.get("FIAT_ONRAMP_REVISION", "unknown"))
     app.state.schema_head = migrate.head_revision()
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    metrics.known_routes(_declared_responses(app))
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         own_limit_paths=frozenset({"/webhooks/bakkt"}),
     )
+    # Inside the request id (its access line carries it), outside the body limit (its 413
+    # is counted).
+    app.add_middleware(RequestObservationMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
+    if tracer_provider is not None:
+        tracing.instrument_app(app, tracer_provider)
     return app
+
+
+def _declared_responses(app: FastAPI) -> list[tuple[str, str, list[int]]]:
+    """Each route's template, methods and the statuses its OpenAPI entry declares."""
+    found = []
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        statuses = [route.status_code or 200]
+        statuses += [int(code) for code in route.responses if str(code).isdigit()]
+        for method in sorted(route.methods or ()):
+            found.append((route.path, method, statuses))
+    return found

@@ -24,13 +24,13 @@ from app.bakkt.errors import BakktError
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings
 from app.core.backoff import backoff
+from app.core.metrics import METRICS, Metrics
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
 from app.idempotency.finisher import finish_abandoned_requests
 from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
 from app.recovery.links import expire_abandoned_links
-from app.recovery.metrics import METRICS, Metrics
 from app.recovery.reconcile import run_scheduled_reconcile
 from app.recovery.retention import apply_retention
 from app.recovery.settle import settle_unknown
@@ -192,7 +192,7 @@ class Workers:
             delay = job.interval * _rng.uniform(0.8, 1.2)
             try:
                 if job.uses_bakkt and self.breaker is not None and self.breaker.is_open():
-                    self.metrics.inc("recovery_skipped_circuit_open_total", job=job.name)
+                    self.metrics.inc("recovery_skipped_circuit_open_total", worker=job.name)
                 else:
                     done = await job.cycle()
                     if job.full_batch is not None and done >= job.full_batch:
@@ -207,7 +207,7 @@ class Workers:
                 failures += 1
                 delay = backoff(failures, base=1.0, cap=ERROR_BACKOFF_CAP)
                 if is_database_unavailable(exc):
-                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="database")
+                    self.metrics.inc("job_errors_total", worker=job.name, cause="database")
                     if not in_outage:
                         log.warning(
                             "recovery job %s: database unavailable (%s: %s); backing off",
@@ -217,7 +217,7 @@ class Workers:
                         )
                     in_outage = True
                 else:
-                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="error")
+                    self.metrics.inc("job_errors_total", worker=job.name, cause="error")
                     log.exception(
                         "recovery job %s failed (%d in a row); next try in %.0f s",
                         job.name,
