@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import signal
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,7 +24,9 @@ from app.bakkt.client import BakktClient
 from app.bakkt.errors import BakktError
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings
+from app.core import tracing
 from app.core.backoff import backoff
+from app.core.context import request_id_var
 from app.core.metrics import METRICS, Metrics
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
@@ -190,6 +193,9 @@ class Workers:
         await self._pause(job.interval * _rng.uniform(0.1, 0.5))
         while not self._stopping.is_set():
             delay = job.interval * _rng.uniform(0.8, 1.2)
+            # Each cycle has an id of its own, as a request has: on its log lines and, as
+            # `x-tracking-id`, on its calls to Bakkt.
+            request_id_var.set(str(uuid.uuid4()))
             try:
                 if job.uses_bakkt and self.breaker is not None and self.breaker.is_open():
                     self.metrics.inc("recovery_skipped_circuit_open_total", worker=job.name)
@@ -237,6 +243,9 @@ class Workers:
 async def run_standalone(settings: Settings) -> None:
     """`fiat-onramp worker`: the recovery workers in their own process, until SIGTERM/SIGINT."""
     engine = create_engine(settings)
+    provider = tracing.setup_tracing()
+    if provider is not None:
+        tracing.instrument_engine(engine, provider)
     try:
         factory = create_session_factory(engine)
         heartbeat = ProcessHeartbeat(
