@@ -304,10 +304,17 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold, for the log redaction to remove by value."""
-        values = [s.get_secret_value() for s in self.bakkt_webhook_secrets]
-        for secret in (self.bakkt_client_secret, self.webhook_static_token, self.auth_jwt_secret):
-            if secret is not None:
-                values.append(secret.get_secret_value())
+        secrets = [
+            *self.bakkt_webhook_secrets,
+            self.bakkt_client_secret,
+            self.webhook_static_token,
+            self.auth_jwt_secret,
+        ]
+        # `model_copy(update=...)` skips validation: a plain string may stand where a
+        # SecretStr would.
+        values = [
+            s.get_secret_value() if isinstance(s, SecretStr) else str(s) for s in secrets if s
+        ]
         if self.database_url:
             password = make_url(self.database_url).password
             if password:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import BaseRoute
 
 from app import migrate
 from app.bakkt.client import BakktClient
@@ -125,13 +126,22 @@ def create_app(
 
 
 def _declared_responses(app: FastAPI) -> list[tuple[str, str, list[int]]]:
-    """Each route's template, methods and the statuses its OpenAPI entry declares."""
-    found = []
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        statuses = [route.status_code or 200]
-        statuses += [int(code) for code in route.responses if str(code).isdigit()]
-        for method in sorted(route.methods or ()):
-            found.append((route.path, method, statuses))
+    """Each route's template, methods and the statuses it declares. Included routers are
+    walked (FastAPI keeps them nested), without building the OpenAPI document."""
+    found: list[tuple[str, str, list[int]]] = []
+
+    def walk(routes: Sequence[BaseRoute], prefix: str) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                context = getattr(route, "include_context", None)
+                walk(included.routes, prefix + str(getattr(context, "prefix", "") or ""))
+            elif isinstance(route, APIRoute):
+                statuses = [route.status_code or 200]
+                statuses += [int(code) for code in route.responses if str(code).isdigit()]
+                found.extend(
+                    (prefix + route.path, m, statuses) for m in sorted(route.methods or ())
+                )
+
+    walk(app.routes, "")
     return found
