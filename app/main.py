@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -34,6 +35,9 @@ from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
 from app.webhooks.router import router as webhooks_router
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,13 +47,14 @@ def create_app(
     engine: AsyncEngine | None = None,
     bakkt: BakktClient | None = None,
     metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the service. `engine` and `bakkt` let tests hand in their own; the app then leaves
     closing them to the caller."""
     settings = settings or get_settings()
     metrics = metrics or METRICS
     register_secrets(settings.secret_values())
-    tracer_provider = tracing.setup_tracing()
+    tracer_provider = tracer_provider or tracing.setup_tracing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
