@@ -228,7 +228,7 @@ class EscapingFormatter(logging.Formatter):
 
 
 class JsonLineFormatter(JsonFormatter):
-    """One JSON object per line: `time` (UTC, ISO 8601), `level`, `logger`, `message`,
+    """One JSON object per line: `time` (UTC, ISO 8601), `level`, `logger`, `pid`, `message`,
     `request_id`, `trace_id` and `span_id` when known, then the record's `extra` fields and
     `exc_info`."""
 
@@ -250,6 +250,8 @@ class JsonLineFormatter(JsonFormatter):
         ).replace("+00:00", "Z")
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
+        # Which process: with `serve --workers N` the lines of N workers interleave.
+        log_data["pid"] = record.process
         for name in ("request_id", "trace_id", "span_id"):
             value = getattr(record, name, None)
             if value is not None:
