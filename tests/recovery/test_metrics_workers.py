@@ -60,6 +60,8 @@ async def test_two_workers_are_scraped_as_one(database_url: str, tmp_path: Path)
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        # Its own process group: a failed test ends the workers too, not only their parent.
+        start_new_session=True,
     )
     assert proc.stderr is not None
     pids: set[int] = set()
@@ -77,7 +79,8 @@ async def test_two_workers_are_scraped_as_one(database_url: str, tmp_path: Path)
 
     reader = asyncio.create_task(read_access_lines())
     try:
-        async with asyncio.timeout(60):
+        # Three interpreters import the service: slow on a loaded machine.
+        async with asyncio.timeout(180):
             while True:
                 try:
                     async with httpx.AsyncClient() as http:
@@ -104,7 +107,7 @@ async def test_two_workers_are_scraped_as_one(database_url: str, tmp_path: Path)
             await proc.wait()
     finally:
         if proc.returncode is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         reader.cancel()
     assert proc.returncode == 0
