@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     webhook_body_retention_days: int = Field(default=90, ge=1)
     retention_interval: float = Field(default=3600.0, gt=0)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "log_format", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
