@@ -16,6 +16,7 @@ Two guards sit on the handler, so they apply to every logger's records, uvicorn'
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -31,6 +32,7 @@ from app.core.context import current_request_id
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 REDACTED = "[REDACTED]"
+_CACHED_LENGTH = 160
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -106,6 +108,9 @@ class Redactor:
     def __init__(self) -> None:
         self._known: set[str] = set()
         self._values: re.Pattern[str] | None = None
+        # Most texts repeat (a route template, a method, an access line's start): one regex
+        # pass each, not one per record.
+        self._cached = functools.lru_cache(maxsize=4096)(self._text)
 
     def add_secrets(self, values: Iterable[str | None]) -> None:
         # Short values would blank ordinary words; settings refuse secrets that short in
@@ -114,8 +119,12 @@ class Redactor:
         # Longest first, so a secret that contains another is removed whole.
         known = sorted(self._known, key=len, reverse=True)
         self._values = re.compile("|".join(map(re.escape, known))) if known else None
+        self._cached.cache_clear()
 
     def text(self, value: str) -> str:
+        return self._cached(value) if len(value) <= _CACHED_LENGTH else self._text(value)
+
+    def _text(self, value: str) -> str:
         if self._values is not None:
             value = self._values.sub(REDACTED, value)
         return _PATTERNS.sub(_replace, value)
@@ -211,6 +220,13 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def process_context_filter() -> ContextFilter:
+    """The dictConfig's context filter. dictConfig runs in every process (each uvicorn worker
+    applies it): the records are made lean there too."""
+    lean_records()
+    return ContextFilter()
+
+
 def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
 
@@ -282,7 +298,7 @@ def log_config(level: str, log_format: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {
-            "context": {"()": "app.core.logs.ContextFilter"},
+            "context": {"()": "app.core.logs.process_context_filter"},
             "redact": {"()": "app.core.logs.RedactionFilter"},
         },
         "formatters": {
@@ -309,6 +325,15 @@ def configure_logging(level: str, log_format: str) -> None:
     import logging.config
 
     logging.config.dictConfig(log_config(level, log_format))
+
+
+def lean_records() -> None:
+    """Records without what no line of ours prints: the caller's file and line (a stack walk
+    per record), the thread's and the multiprocessing process's names (logging's own
+    optimization switches, see its HOWTO). The process id stays: JSON lines carry it."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def guarded_handler(log_format: str, stream: Any = None) -> logging.Handler:
