@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.routing import BaseRoute
 
 from app import migrate
+from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
@@ -115,6 +116,7 @@ def create_app(
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    app.include_router(admin_router)
     metrics.known_routes(_declared_responses(app))
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -139,10 +139,31 @@ async def test_no_secret_reaches_a_log_line_on_any_route(
     assert listed.status_code == 200
     await http.get(f"{base}/balance", headers=headers)
     await http.get(f"{base}/wire-instructions", headers=headers)
-    await http.delete(f"{base}/bank-accounts/{account_id}", headers=with_key(headers))
     # A forged token and a token for another party.
     await http.get(base, headers={"Authorization": f"Bearer {FORGED_BEARER}"})
     await http.get(f"/v1/parties/{other}", headers=headers)
+
+    # The admin routes, with notes that carry secrets (an operator pasting what a customer said).
+    admin = {"Authorization": f"Bearer {mint_dev_token(api_settings, 'ops', admin=True)}"}
+    note = {"note": f"customer sent {PROCESSOR_TOKEN} and account {ACCOUNT_NUMBER}"}
+    txn = deposit.json()["id"]
+    await http.get("/v1/admin/transactions", params={"status": "PENDING"}, headers=admin)
+    await http.get(f"/v1/admin/transactions/{txn}", headers=admin)
+    await http.post(f"/v1/admin/transactions/{txn}/sync", json=note, headers=with_key(admin))
+    await http.post(f"/v1/admin/transactions/{txn}/release", json=note, headers=with_key(admin))
+    await http.get(f"/v1/admin/bank-accounts/{account_id}", headers=admin)
+    await http.post(
+        f"/v1/admin/bank-accounts/{account_id}/disable",
+        json={"reason": note["note"]},
+        headers=with_key(admin),
+    )
+    await http.post(
+        f"/v1/admin/bank-accounts/{account_id}/enable", json=note, headers=with_key(admin)
+    )
+    alerts = await http.get("/v1/admin/alerts", headers=admin)
+    assert alerts.status_code == 200, alerts.text
+    await http.post("/v1/admin/alerts/999999999/resolve", json=note, headers=with_key(admin))
+    await http.delete(f"{base}/bank-accounts/{account_id}", headers=with_key(headers))
 
     now = datetime.now(UTC)
     event = fiat(
@@ -162,6 +183,10 @@ async def test_no_secret_reaches_a_log_line_on_any_route(
     assert (await http.post(URL, content=body, headers=wrong_token)).status_code == 401
     bad_signature = {**signed, "webhook-signature": "v1,AAAA" + STATIC_TOKEN}
     assert (await http.post(URL, content=body, headers=bad_signature)).status_code == 401
+    events = await http.get("/v1/admin/webhook-events", headers=admin)
+    assert events.status_code == 200, events.text
+    stored = events.json()["items"][0]["id"] if events.json().get("items") else 999999999
+    await http.post(f"/v1/admin/webhook-events/{stored}/replay", json=note, headers=with_key(admin))
 
     written = captured.getvalue()
     lines = [json.loads(line) for line in written.splitlines()]
