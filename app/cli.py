@@ -26,7 +26,8 @@ from app.config import (
     get_settings,
     is_settings_error,
 )
-from app.core.logs import log_formatter
+from app.core.logs import configure_logging, register_secrets
+from app.core.metrics import prepare_multiprocess, remove_multiprocess_dir
 from app.serving import uvicorn_options
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
@@ -35,9 +36,8 @@ SANDBOX_STATE_DIR = DATA_DIR / "sandbox"
 
 
 def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(log_formatter())
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    configure_logging(settings.log_level.upper(), settings.resolved_log_format)
+    register_secrets(settings.secret_values())
 
 
 def _require_database_url(settings: Settings, *, wait_for_server: bool = False) -> str:
@@ -67,28 +67,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     workers: int = args.workers
-    uvicorn.run(
-        # Several workers: each process builds its own app (engine, pools, Bakkt client).
-        "app.main:create_app" if workers > 1 else create_app(settings),
-        factory=workers > 1,
-        workers=workers,
-        host=args.host,
-        port=args.port,
-        log_config=_worker_log_config(settings) if workers > 1 else uvicorn.config.LOGGING_CONFIG,
-        **uvicorn_options(settings),
-    )
+    # Before any worker starts: they inherit PROMETHEUS_MULTIPROC_DIR and sum their metrics
+    # through it, so a scrape answered by any one of them counts them all.
+    metrics_dir = prepare_multiprocess(workers)
+    try:
+        uvicorn.run(
+            # Several workers: each process builds its own app (engine, pools, Bakkt client).
+            "app.main:create_app" if workers > 1 else create_app(settings),
+            factory=workers > 1,
+            workers=workers,
+            host=args.host,
+            port=args.port,
+            **uvicorn_options(settings),
+        )
+    finally:
+        remove_multiprocess_dir(metrics_dir)
     return 0
-
-
-def _worker_log_config(settings: Settings) -> dict[str, Any]:
-    # Worker processes do not inherit our logging set-up; uvicorn applies this in each of them.
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"()": "app.core.logs.log_formatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "root": {"level": settings.log_level.upper(), "handlers": ["stderr"]},
-    }
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -284,12 +278,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return service.main(rest[1:] if rest[:1] == ["service"] else rest)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001 - argparse's signature
+def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     _configure_logging(settings)
     _require_database_url(settings, wait_for_server=True)
     from app.recovery.worker import run_standalone
 
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from app.core.metrics import METRICS
+
+        # The workers' own counters (job errors, recovery, Bakkt calls) for a scrape; the
+        # database's gauges are the API pods' `/metrics`.
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=METRICS.registry)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_standalone(settings))
     return 0
@@ -459,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker", help="run the recovery workers on their own (needs DATABASE_URL, migrated)"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the workers' metrics on this port at /metrics (default: none)",
+    )
+    worker.add_argument("--metrics-host", default="0.0.0.0")  # noqa: S104 - a pod's port
     worker.set_defaults(func=cmd_worker)
 
     rec = sub.add_parser(

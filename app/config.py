@@ -109,6 +109,8 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = AppEnv.DEVELOPMENT
     log_level: str = "INFO"
+    # JSON lines or plain text; unset: text in development, JSON otherwise (docs/operations.md).
+    log_format: Literal["json", "text"] | None = None
 
     # Unset means: `fiat-onramp dev` and the tests start an embedded Postgres.
     database_url: str | None = None
@@ -257,7 +259,7 @@ class Settings(BaseSettings):
     events_stream_heartbeat: float = Field(default=15.0, gt=0)
     events_stream_poll_interval: float = Field(default=5.0, gt=0)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "log_format", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -407,6 +409,31 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.app_env is AppEnv.DEVELOPMENT else "json"
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redaction to remove by value."""
+        secrets = [
+            *self.bakkt_webhook_secrets,
+            self.bakkt_client_secret,
+            self.webhook_static_token,
+            self.auth_jwt_secret,
+        ]
+        # `model_copy(update=...)` skips validation: a plain string may stand where a
+        # SecretStr would.
+        values = [
+            s.get_secret_value() if isinstance(s, SecretStr) else str(s) for s in secrets if s
+        ]
+        if self.database_url:
+            password = make_url(self.database_url).password
+            if password:
+                values.append(str(password))
+        return values
 
 
 # The environment prefix of each settings class the command line loads, by pydantic's title.

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import BaseRoute
 
 from app import migrate
 from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import AppEnv, Settings, get_settings
-from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.core import tracing
+from app.core.logs import register_secrets
+from app.core.metrics import METRICS, Metrics, worker_exited
+from app.core.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    RequestObservationMiddleware,
+)
 from app.db import create_engine, create_session_factory
 from app.demo.router import install_demo
 from app.docs_assets import install_docs
@@ -25,13 +36,14 @@ from app.events.openapi import declare_event_webhooks
 from app.events.router import router as events_router
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
-from app.partner_webhooks.metrics import watch_backlog
 from app.partner_webhooks.router import router as partner_webhooks_router
 from app.processes.service import ProcessHeartbeat
-from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
 from app.webhooks.router import router as webhooks_router
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +53,15 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     bakkt: BakktClient | None = None,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the service. `engine` and `bakkt` let tests hand in their own; the app then leaves
     closing them to the caller."""
     settings = settings or get_settings()
+    metrics = metrics or METRICS
+    register_secrets(settings.secret_values())
+    tracer_provider = tracer_provider or tracing.setup_tracing()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,15 +70,20 @@ def create_app(
             app_engine = engine or create_engine(settings)
             if owned_engine:
                 stack.push_async_callback(app_engine.dispose)
+            if tracer_provider is not None:
+                tracing.instrument_engine(app_engine, tracer_provider)
+            # Last out: a stopping worker's live gauges leave the multiprocess sum.
+            stack.callback(worker_exited)
             app.state.engine = app_engine
             app.state.session_factory = create_session_factory(app_engine)
             if bakkt is None:
                 app.state.bakkt = await stack.enter_async_context(
-                    BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings))
+                    BakktClient(
+                        bakkt_config(settings), breaker=bakkt_breaker(settings), metrics=metrics
+                    )
                 )
             else:
                 app.state.bakkt = bakkt
-            watch_bakkt(app.state.metrics, app.state.bakkt)
             # One per process: every SSE stream of this process hangs off its one LISTEN.
             # Its reads (and the streams' backlogs) are of committed rows only: on the engine
             # itself, whatever session factory the requests are given.
@@ -88,7 +110,7 @@ def create_app(
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(
-                    app.state.session_factory, app.state.bakkt, settings, metrics=app.state.metrics
+                    app.state.session_factory, app.state.bakkt, settings, metrics=metrics
                 )
                 workers.start()
                 stack.push_async_callback(workers.stop)
@@ -106,8 +128,8 @@ def create_app(
     install_docs(app)
     app.state.settings = settings
     app.state.heartbeat = None
-    app.state.metrics = METRICS
-    watch_backlog(METRICS)
+    app.state.metrics = metrics
+    metrics.build(app.version, os.environ.get("FIAT_ONRAMP_REVISION", "unknown"))
     app.state.schema_head = migrate.head_revision()
     # Set on shutdown (SIGTERM): open event streams end so their clients resume elsewhere.
     app.state.draining = asyncio.Event()
@@ -123,12 +145,18 @@ def create_app(
     if settings.app_env is AppEnv.DEVELOPMENT:
         # It hands out tokens for any party to anyone who asks: never in production.
         install_demo(app)
+    metrics.known_routes(_declared_responses(app))
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         own_limit_paths=frozenset({"/webhooks/bakkt"}),
     )
+    # Inside the request id (its access line carries it), outside the body limit (its 413
+    # is counted).
+    app.add_middleware(RequestObservationMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
+    if tracer_provider is not None:
+        tracing.instrument_app(app, tracer_provider)
     return app
 
 
@@ -136,3 +164,25 @@ async def _close_on_drain(app: FastAPI, hub: EventHub) -> None:
     draining: asyncio.Event = app.state.draining
     await draining.wait()
     await hub.close()
+
+
+def _declared_responses(app: FastAPI) -> list[tuple[str, str, list[int]]]:
+    """Each route's template, methods and the statuses it declares. Included routers are
+    walked (FastAPI keeps them nested), without building the OpenAPI document."""
+    found: list[tuple[str, str, list[int]]] = []
+
+    def walk(routes: Sequence[BaseRoute], prefix: str) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                context = getattr(route, "include_context", None)
+                walk(included.routes, prefix + str(getattr(context, "prefix", "") or ""))
+            elif isinstance(route, APIRoute):
+                statuses = [route.status_code or 200]
+                statuses += [int(code) for code in route.responses if str(code).isdigit()]
+                found.extend(
+                    (prefix + route.path, m, statuses) for m in sorted(route.methods or ())
+                )
+
+    walk(app.routes, "")
+    return found

@@ -20,6 +20,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import Settings
+from app.core.logs import log_config
 
 logger = logging.getLogger("app.serving")
 
@@ -150,6 +151,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # 127.0.0.1; both are replaced by the setting, and an empty one turns the headers off.
         "proxy_headers": bool(settings.forwarded_allow_ips),
         "forwarded_allow_ips": list(settings.forwarded_allow_ips) or [],
+        # The service writes its own access line (route template, status, duration, request
+        # id); uvicorn's would add the raw path and query string.
         "access_log": False,
         "log_level": settings.log_level.lower(),
+        # Applied by uvicorn in every worker process too, which do not inherit ours.
+        "log_config": log_config(settings.log_level.upper(), settings.resolved_log_format),
     }
