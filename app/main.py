@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
+from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
-from app.config import Settings, get_settings
+from app.config import AppEnv, Settings, get_settings
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.db import create_engine, create_session_factory
+from app.demo.router import install_demo
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
 from app.events.hub import EventHub
@@ -23,6 +25,8 @@ from app.events.openapi import declare_event_webhooks
 from app.events.router import router as events_router
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.partner_webhooks.metrics import watch_backlog
+from app.partner_webhooks.router import router as partner_webhooks_router
 from app.processes.service import ProcessHeartbeat
 from app.recovery.metrics import METRICS, watch_bakkt
 from app.recovery.router import router as recovery_router
@@ -103,6 +107,7 @@ def create_app(
     app.state.settings = settings
     app.state.heartbeat = None
     app.state.metrics = METRICS
+    watch_backlog(METRICS)
     app.state.schema_head = migrate.head_revision()
     # Set on shutdown (SIGTERM): open event streams end so their clients resume elsewhere.
     app.state.draining = asyncio.Event()
@@ -111,8 +116,13 @@ def create_app(
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    app.include_router(admin_router)
     app.include_router(events_router)
+    app.include_router(partner_webhooks_router)
     declare_event_webhooks(app)
+    if settings.app_env is AppEnv.DEVELOPMENT:
+        # It hands out tokens for any party to anyone who asks: never in production.
+        install_demo(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,

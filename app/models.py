@@ -12,6 +12,12 @@ from app.funding.models import (
     TransactionHistory,
 )
 from app.idempotency.models import IdempotencyKey
+from app.partner_webhooks.models import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookLane,
+)
 from app.processes.models import ServiceProcess
 from app.recovery.models import RecoveryJob
 from app.webhooks.models import WebhookEvent
@@ -29,5 +35,9 @@ __all__ = [
     "ServiceProcess",
     "Transaction",
     "TransactionHistory",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WebhookEvent",
+    "WebhookLane",
 ]

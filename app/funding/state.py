@@ -150,10 +150,12 @@ def transition(
     reason_description: str | None = None,
     note: str | None = None,
     withhold: str | None = None,
+    actor: str | None = None,
 ) -> bool:
     """Apply `target` to `txn` if the table allows it, else record it as ignored; with
     `withhold` (the reason, kept as the note), record it as seen and not applied whatever the
-    table says (a transaction held for review).
+    table says (a transaction held for review). `actor` names the operator behind a move of
+    source `admin`.
 
     The caller holds the row lock on `txn` (`app.funding.repository.lock_transaction*`) and
     commits. Returns True when the status moved.
@@ -178,6 +180,7 @@ def transition(
             applied=decision.apply,
             note=note if decision.apply else (withhold or _join(decision.why_not, note)),
             event_time=event_time,
+            actor=actor,
         )
     )
     if not decision.apply:
@@ -202,6 +205,7 @@ def record_creation(
     event_id: str | None = None,
     event_time: datetime | None = None,
     note: str | None = None,
+    actor: str | None = None,
 ) -> None:
     """The first history row of a transaction: how it came to exist, in its first state, and
     its events: `transaction.created`, and for a row Bakkt started in a later state (an inbound
@@ -218,11 +222,18 @@ def record_creation(
             applied=True,
             note=note,
             event_time=event_time,
+            actor=actor,
         )
     )
     events.transaction_event(session, txn, EventType.TRANSACTION_CREATED)
     if txn.status != Status.SUBMITTING:
         events.transaction_moved(session, txn)
+
+
+def source_of(source: HistorySource, actor: str | None) -> HistorySource:
+    """The history source of a row: `admin` whenever an operator made us act, whatever the word
+    came through (a replayed webhook, a forced sync); `actor` then says who."""
+    return HistorySource.ADMIN if actor is not None else source
 
 
 def _join(*parts: str | None) -> str | None:

@@ -34,6 +34,9 @@ HELP: Mapping[str, str] = {
     "recovery_retention_deleted_total": "Rows removed or cleared by retention, by what",
     "recovery_job_errors_total": "Failed cycles of a background job, by job and cause",
     "recovery_skipped_circuit_open_total": "Job cycles skipped while the Bakkt circuit was open",
+    "partner_webhook_attempts_total": "Webhook sends to the partner's endpoints, by outcome",
+    "partner_webhook_endpoints_disabled_total": "Partner webhook endpoints disabled, by reason",
+    "partner_webhook_fanned_out_total": "Events turned into deliveries to partner endpoints",
 }
 
 Labels = tuple[tuple[str, str], ...]

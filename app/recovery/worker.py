@@ -31,6 +31,7 @@ from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
 from app.events.sequencer import Sequencer
 from app.idempotency.finisher import finish_abandoned_requests
+from app.partner_webhooks.dispatcher import Dispatcher
 from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
 from app.recovery.links import expire_abandoned_links
@@ -75,8 +76,10 @@ def service_jobs(
     bakkt: BakktClient,
     settings: Settings,
     metrics: Metrics,
+    dispatcher: Dispatcher | None = None,
 ) -> list[Job]:
-    """The recovery jobs of docs/recovery.md, with their intervals from the settings."""
+    """The recovery jobs of docs/recovery.md, with their intervals from the settings, and the
+    delivery of partner webhooks (docs/partner-webhooks.md) when a dispatcher is given."""
     batch = settings.recovery_batch_size
 
     async def settle() -> int:
@@ -119,7 +122,26 @@ def service_jobs(
         result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
 
+    deliveries: list[Job] = []
+    if dispatcher is not None:
+        deliveries = [
+            # Runs again at once after a cycle that sent anything (a backlog drains without
+            # waiting out the interval),
+            # and is woken by the sequencer's notice of newly numbered events.
+            Job(
+                "partner_webhooks",
+                settings.partner_webhook_interval,
+                dispatcher.cycle,
+                1,
+                wake=dispatcher.wake,
+                close=dispatcher.aclose,
+            ),
+            Job(
+                "partner_webhook_retention", settings.retention_interval, dispatcher.apply_retention
+            ),
+        ]
     return [
+        *deliveries,
         Job("settle", settings.recovery_settle_interval, settle, batch, uses_bakkt=True),
         Job("sweep", settings.recovery_sweep_interval, sweep, batch, uses_bakkt=True),
         Job("rematch_webhooks", settings.recovery_rematch_interval, rematch, batch),
@@ -181,8 +203,14 @@ class Workers:
         metrics: Metrics | None = None,
     ) -> Workers:
         metrics = metrics or METRICS
+        dispatcher = Dispatcher(
+            session_factory,
+            settings,
+            metrics=metrics,
+            listen_url=_database_url(session_factory, settings),
+        )
         return cls(
-            service_jobs(session_factory, bakkt, settings, metrics),
+            service_jobs(session_factory, bakkt, settings, metrics, dispatcher),
             breaker=bakkt.breaker,
             metrics=metrics,
         )

@@ -170,6 +170,8 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
             "recovery:expire_links",
             "recovery:heartbeat",
             "recovery:sequence_events",
+            "recovery:partner_webhooks",
+            "recovery:partner_webhook_retention",
         }
     assert recovery_tasks() == set()
 
