@@ -26,6 +26,7 @@ from app.config import (
     get_settings,
     is_settings_error,
 )
+from app.core import tracing
 from app.core.logs import configure_logging, register_secrets
 from app.core.metrics import prepare_multiprocess, remove_multiprocess_dir
 from app.serving import uvicorn_options
@@ -67,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     workers: int = args.workers
+    tracing.check_settings()
     # Before any worker starts: they inherit PROMETHEUS_MULTIPROC_DIR and sum their metrics
     # through it, so a scrape answered by any one of them counts them all.
     metrics_dir = prepare_multiprocess(workers)

@@ -72,6 +72,8 @@ def create_app(
                 stack.push_async_callback(app_engine.dispose)
             if tracer_provider is not None:
                 tracing.instrument_engine(app_engine, tracer_provider)
+                # Spans still batched when the process stops are sent, not dropped.
+                stack.callback(tracer_provider.force_flush)
             # Last out: a stopping worker's live gauges leave the multiprocess sum.
             stack.callback(worker_exited)
             app.state.engine = app_engine

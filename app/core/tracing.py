@@ -51,58 +51,71 @@ def tracing_requested(env: Mapping[str, str] = os.environ) -> bool:
     )
 
 
-def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
-    """The process's tracer provider, made once from the environment; None when tracing is
-    off. Raises ConfigError when it is asked for and cannot be had."""
-    global _provider
-    if _provider is not None or not tracing_requested(env):
-        return _provider
+def check_settings(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The exporters the OTEL_* settings ask for ([] when tracing is off), or ConfigError: run
+    by `serve` before its workers start, so a wrong setting is one line and exit 2, not a
+    traceback in every worker."""
+    if not tracing_requested(env):
+        return []
     try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        import opentelemetry.sdk.trace  # noqa: F401
     except ImportError:
         raise ConfigError(
             "OTEL_* settings ask for tracing, but the OpenTelemetry SDK is not installed: "
             "install fiat-onramp[otel] (the Docker image has it), or unset them"
         ) from None
+    names = [n.strip().lower() for n in (env.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")]
+    names = [n for n in names if n not in ("", "none")]
+    for name in names:
+        if name not in ("otlp", "console"):
+            raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not one of otlp, console, none")
+    if "otlp" in names:
+        protocol = (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        if protocol.strip() != "http/protobuf":
+            # gRPC would bring grpcio (tens of MB) for what OTLP over HTTP does as well.
+            raise ConfigError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use "
+                "http/protobuf (the collector's port 4318)"
+            )
+    return names
+
+
+def setup_tracing(env: Mapping[str, str] = os.environ) -> TracerProvider | None:
+    """The process's tracer provider, made once from the environment; None when tracing is
+    off. Raises ConfigError when it is asked for and cannot be had."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    exporters = check_settings(env)
+    if not exporters:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
     attributes: dict[str, Any] = {}
     if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     ):
         attributes["service.name"] = SERVICE_NAME
     provider = TracerProvider(resource=Resource.create(attributes))
-    for name in (env.get("OTEL_TRACES_EXPORTER") or "otlp").split(","):
-        name = name.strip().lower()
+    for name in exporters:
         if name == "otlp":
-            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(env)))
-        elif name == "console":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            # Endpoint, headers, timeout and compression: the OTEL_EXPORTER_OTLP_* variables.
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        else:
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        elif name not in ("", "none"):
-            raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not one of otlp, console, none")
     trace.set_tracer_provider(provider)
     _provider = provider
-    log.info("tracing on: %s", env.get("OTEL_TRACES_EXPORTER") or "otlp")
+    log.info("tracing on: %s", ", ".join(exporters))
     return provider
-
-
-def _otlp_exporter(env: Mapping[str, str]) -> Any:
-    protocol = (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    )
-    if protocol.strip() != "http/protobuf":
-        # gRPC would bring grpcio (tens of MB) for what OTLP over HTTP does as well.
-        raise ConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use http/protobuf "
-            "(the collector's port 4318)"
-        )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    # Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables.
-    return OTLPSpanExporter()
 
 
 def instrument_app(app: FastAPI, provider: TracerProvider) -> None:

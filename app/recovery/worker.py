@@ -342,5 +342,7 @@ async def run_standalone(settings: Settings) -> None:
             finally:
                 await workers.stop()
                 await heartbeat.stop()
+                if provider is not None:
+                    provider.force_flush()
     finally:
         await engine.dispose()

@@ -84,9 +84,30 @@ async def test_requests_bakkt_calls_idempotency_webhooks_and_gauges_move(
     assert second.status_code == 202
     await sql(
         "INSERT INTO operator_alerts (kind, subject, detail, data) "
-        "VALUES ('transaction_held_for_review', :s, 'test', '{}')",
+        "VALUES ('transaction_held_for_review', :s, 'test', '{}'), "
+        "('webhook_unmatched', :s, 'test', '{}')",
         {"s": f"transaction {party}"},
     )
+    await sql(
+        "UPDATE transactions SET created_at = clock_timestamp() - interval '2 hours' "
+        "WHERE id = :id",
+        {"id": second.json()["id"]},
+    )
+    # An event about a transfer we never made: parked until it matches (or gives up).
+    stray = fiat(
+        f"evt-{uuid.uuid4().hex}",
+        party=party,
+        ref=str(uuid.uuid4()),
+        kind="ACH_DEPOSIT",
+        status="COMPLETE",
+        amount="5.00",
+        at=datetime.now(UTC),
+    )
+    stray_body = encode(stray)
+    parked = await http.post(
+        URL, content=stray_body, headers=signed_headers(stray_body, msg_id=stray["requestId"])
+    )
+    assert parked.json()["status"] == "PARKED"
 
     after = scrape((await http.get("/metrics")).text)
 
@@ -118,7 +139,10 @@ async def test_requests_bakkt_calls_idempotency_webhooks_and_gauges_move(
     assert moved("fiat_onramp_webhooks_rejected_total", reason="webhook_signature_invalid") == 1
     # The database's gauges, read by the scrape: the second deposit is open, the first is not.
     assert moved("fiat_onramp_transactions", state="PENDING") == 1
-    assert after[("fiat_onramp_oldest_nonterminal_transaction_age_seconds", ())] >= 0
+    assert after[("fiat_onramp_oldest_nonterminal_transaction_age_seconds", ())] >= 7200
+    assert moved("fiat_onramp_webhooks_received_total", outcome="parked") == 1
+    # The parked event, and the unmatched one its unresolved alert stands for.
+    assert moved("fiat_onramp_webhook_events_parked") == 2
     assert moved("fiat_onramp_reconciliation_drift") == 1
     assert after[("fiat_onramp_metrics_database_up", ())] == 1
     build = [k for k in after if k[0] == "fiat_onramp_build_info"]

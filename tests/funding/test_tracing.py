@@ -21,9 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.config import Settings
 from app.core.logs import guarded_handler
-from app.core.tracing import tracing_requested
+from app.core.tracing import check_settings, tracing_requested
 from app.db import create_session_factory
 from app.main import create_app
+from app.startup import ConfigError
 from tests.funding.conftest import TokenFactory
 from tests.funding.helpers import Execute, link_account, with_key
 
@@ -121,3 +122,22 @@ async def test_one_request_is_one_trace_through_the_database_and_bakkt(
     assert sandbox
     assert sandbox[0]["trace_id"] == hex_id
     assert sandbox[0]["request_id"] == deposit.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+    ],
+)
+def test_a_tracing_setting_that_cannot_be_had_is_a_configuration_error(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        check_settings(env)
+    assert check_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}) == ["otlp"]
+    assert check_settings({"OTEL_TRACES_EXPORTER": "console,none"}) == ["console"]
