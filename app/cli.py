@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from app import migrate
 from app.config import Settings, describe_settings_error, get_settings, is_settings_error
 from app.core.logs import log_formatter
-from app.serving import uvicorn_options
+from app.serving import ServiceServer, serve, server_configs
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
 DATA_DIR = Path(".data")
@@ -61,17 +61,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     workers: int = args.workers
-    uvicorn.run(
-        # Several workers: each process builds its own app (engine, pools, Bakkt client).
-        "app.main:create_app" if workers > 1 else create_app(settings),
-        factory=workers > 1,
-        workers=workers,
+    if workers > 1:
+        # Each worker process builds its own app (engine, pools, Bakkt client); building one
+        # here first turns a misconfiguration into one line before any worker starts.
+        create_app(settings)
+    return serve(
+        settings,
         host=args.host,
         port=args.port,
+        workers=workers,
         log_config=_worker_log_config(settings) if workers > 1 else uvicorn.config.LOGGING_CONFIG,
-        **uvicorn_options(settings),
     )
-    return 0
 
 
 def _worker_log_config(settings: Settings) -> dict[str, Any]:
@@ -147,10 +147,10 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
                 f"Bakkt sandbox on http://{args.host}:{args.sandbox_port} "
                 f"with its state under {sandbox_settings.state_dir or '(memory)'}"
             )
-        config = uvicorn.Config(
-            create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings)
+        public, internal = server_configs(
+            settings, create_app(settings), host=args.host, port=args.port
         )
-        server = uvicorn.Server(config)
+        server = ServiceServer(public, internal)
         print(f"fiat-onramp on http://{args.host}:{args.port} (docs at /docs)")
         try:
             await server.serve()

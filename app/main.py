@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,7 +14,11 @@ from app import migrate
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
+from app.core import shutdown
+from app.core.http_security import SecurityHeadersMiddleware, default_headers, install_cors
+from app.core.listeners import DOCS_PREFIX, InternalListener, ListenerGate
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.core.ratelimit import RATE_LIMITED, RateLimits
 from app.db import create_engine, create_session_factory
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
@@ -63,13 +68,29 @@ def create_app(
             # Marked stopped after the workers stop and the last request is answered.
             stack.push_async_callback(heartbeat.stop)
             app.state.heartbeat = heartbeat
+            workers: Workers | None = None
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(
                     app.state.session_factory, app.state.bakkt, settings, metrics=app.state.metrics
                 )
                 workers.start()
-                stack.push_async_callback(workers.stop)
+                stack.push_async_callback(_stop_workers, app, workers, settings)
+            loop = asyncio.get_running_loop()
+
+            def drain() -> None:
+                app.state.drain_deadline = loop.time() + settings.shutdown_timeout
+                app.state.draining.set()
+                if workers is not None:
+                    # No new cycle; the one in hand finishes while the requests drain.
+                    workers.request_stop()
+
+            def drain_soon() -> None:
+                loop.call_soon_threadsafe(drain)
+
+            stack.callback(shutdown.on_terminate(drain_soon))
+            # Without a signal (a test, an embedding program) draining starts here.
+            stack.callback(app.state.draining.set)
             yield
 
     app = FastAPI(
@@ -86,15 +107,48 @@ def create_app(
     app.state.heartbeat = None
     app.state.metrics = METRICS
     app.state.schema_head = migrate.head_revision()
+    # Set at SIGTERM (app/serving.py): long-lived responses (event streams) end when it is.
+    app.state.draining = asyncio.Event()
+    app.state.drain_deadline = None
+    app.state.rate_limits = RateLimits(settings) if settings.rate_limit_enabled else None
     install_error_handlers(app)
     app.include_router(health_router)
-    app.include_router(funding_router)
+    # Per party and per route; webhook intake, health and metrics are not (they have no party).
+    app.include_router(funding_router, **RATE_LIMITED)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    if app.state.rate_limits is not None:
+        app.state.rate_limits.bind_routes(app.routes)
+    # Added innermost first: a request meets RequestId, SecurityHeaders, the shutdown cut,
+    # CORS, the listener gate, then the body limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         own_limit_paths=frozenset({"/webhooks/bakkt"}),
     )
+    if settings.internal_port is not None or not (
+        settings.ops_routes_public and settings.docs_enabled
+    ):
+        app.add_middleware(
+            ListenerGate, ops_public=settings.ops_routes_public, docs_enabled=settings.docs_enabled
+        )
+    install_cors(app, settings)
+    app.add_middleware(shutdown.ShutdownCutMiddleware, draining=app.state.draining)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        headers=default_headers(settings),
+        cacheable_prefixes=(DOCS_PREFIX,),
+    )
     app.add_middleware(RequestIdMiddleware)
+    # What the internal listener serves (INTERNAL_PORT): this app, its requests marked.
+    app.state.internal_app = InternalListener(app)
     return app
+
+
+async def _stop_workers(app: FastAPI, workers: Workers, settings: Settings) -> None:
+    """After the requests drained: what is left of the shutdown budget for the current cycle."""
+    deadline: float | None = app.state.drain_deadline
+    grace = 5.0
+    if deadline is not None:
+        grace = max(1.0, deadline - asyncio.get_running_loop().time())
+    await workers.stop(grace=min(grace, settings.shutdown_timeout))
