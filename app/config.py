@@ -333,9 +333,9 @@ class Settings(BaseSettings):
             raise ValueError("`*` allows every origin: list origins, or `*` alone")
         return value
 
-    @field_validator("internal_host", mode="before")
+    @field_validator("internal_host", "internal_port", "public_ops_routes", mode="before")
     @classmethod
-    def _blank_host_is_unset(cls, value: object) -> object:
+    def _blank_optional_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
         return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import AppEnv
+from app.config import AppEnv, Settings
 from tests.protect.conftest import ServiceFactory
 
 OPS = ["/metrics", "/docs", "/redoc", "/openapi.json", "/docs-assets/redoc/redoc.standalone.js"]
@@ -86,3 +86,16 @@ async def test_docs_can_be_turned_off_everywhere(
     assert {p: served[p] for p in docs} == dict.fromkeys(docs, 404)
     assert served["/metrics"] == 200
     assert public["/metrics"] == (200 if internal_port is None else 404)
+
+
+def test_blank_listener_settings_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ConfigMap or .env line left empty means the default, not a parse error.
+    for name in ("INTERNAL_PORT", "INTERNAL_HOST", "PUBLIC_OPS_ROUTES"):
+        monkeypatch.setenv(name, "")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.internal_port, settings.internal_host, settings.public_ops_routes) == (
+        None,
+        None,
+        None,
+    )
+    assert settings.ops_routes_public is True
