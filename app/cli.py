@@ -269,6 +269,76 @@ def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001 - argparse's si
     return 0
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    from app.admin.commands import UsageError, parse, run, usage
+
+    try:
+        command = parse(args)
+    except UsageError as exc:
+        return usage(str(exc))
+    settings = get_settings()
+    _configure_logging(settings)
+    _require_database_url(settings)
+    return asyncio.run(run(command, settings))
+
+
+def _add_admin_parser(sub: Any) -> None:
+    """`fiat-onramp admin ...`: the admin API's actions, run against the database directly
+    (app/admin/commands.py says why); values are checked by the routes' own models."""
+    admin = sub.add_parser(
+        "admin", help="operators' actions: list, sync, release, replay, disable, alerts"
+    )
+    admin.add_argument(
+        "--actor", help="your name for the history, recorded as cli:NAME (default: the OS user)"
+    )
+    admin.set_defaults(func=cmd_admin)
+    cmds = admin.add_subparsers(dest="admin_command", required=True)
+
+    def paging(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--limit", type=int, default=50)
+        parser.add_argument("--cursor", help="the nextCursor of the page before")
+
+    txns = cmds.add_parser("transactions", help="transactions across parties, oldest first")
+    txns.add_argument("--status", action="append", default=[], help="repeatable")
+    txns.add_argument("--bucket", help="stuck, unknown, held or overdue")
+    txns.add_argument("--party", help="one partnerPartyRef")
+    txns.add_argument("--stuck-after-hours", type=int, default=168)
+    paging(txns)
+    cmds.add_parser("transaction", help="one transaction and its history").add_argument(
+        "transaction_id"
+    )
+    cmds.add_parser("sync", help="ask Bakkt about a transaction now, apply it").add_argument(
+        "transaction_id"
+    )
+    release = cmds.add_parser("release", help="release a held transaction, apply what was held")
+    release.add_argument("transaction_id")
+    release.add_argument("--note")
+    events = cmds.add_parser("events", help="stored webhook events, newest first")
+    events.add_argument("--status", action="append", default=[], help="repeatable")
+    events.add_argument("--request-id")
+    events.add_argument("--needs-operator", action="store_true")
+    paging(events)
+    cmds.add_parser("replay", help="apply a stored webhook event again").add_argument(
+        "event_id", type=int, help="the stored event's id (`events` lists them)"
+    )
+    cmds.add_parser("account", help="one bank account and its history").add_argument(
+        "bank_account_id"
+    )
+    disable = cmds.add_parser("disable-account", help="stop ACH money through a bank account")
+    disable.add_argument("bank_account_id")
+    disable.add_argument("--reason", required=True)
+    enable = cmds.add_parser("enable-account", help="enable a bank account an operator disabled")
+    enable.add_argument("bank_account_id")
+    enable.add_argument("--note")
+    alerts = cmds.add_parser("alerts", help="operator alerts, newest first (open ones)")
+    alerts.add_argument("--all", action="store_true", help="resolved ones too")
+    alerts.add_argument("--kind")
+    paging(alerts)
+    resolve = cmds.add_parser("resolve", help="mark an alert dealt with")
+    resolve.add_argument("alert_id", type=int)
+    resolve.add_argument("--note")
+
+
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """`--since`: an ISO-8601 time (UTC when it names no zone), or `<N>h` / `<N>d` ago."""
     now = now or datetime.now(UTC)
@@ -375,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this partnerPartyRef (repeatable); default every party not CLOSED",
     )
     rec.set_defaults(func=cmd_reconcile)
+
+    _add_admin_parser(sub)
 
     bench = sub.add_parser(
         "bench",

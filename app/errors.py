@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -263,7 +264,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 # SQLSTATE classes that mean the server or the connection went away: 08 connection exception,
 # 57P operator intervention (admin shutdown, crash shutdown, cannot connect now).
-_UNAVAILABLE_SQLSTATES = ("08", "57P")
+# 08: connection exceptions; 57P: the server is shutting down or not yet accepting; 53: it is
+# out of a resource (53300 too many connections, 53200 out of memory, 53100 disk full). Each is
+# the server's condition, not the statement's fault: a retry later can succeed.
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
 
 
 def _raised_by_the_driver(exc: BaseException) -> bool:
@@ -285,6 +289,9 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
         return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    if isinstance(exc, asyncpg.PostgresError):
+        # Raised bare by the code that uses asyncpg directly (and by asyncpg's connect).
+        return str(exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATES)
     # Refused, reset, timed out, or (a Unix-socket server that is down) FileNotFoundError from
     # the driver's connect; the same errors raised anywhere else are bugs, not an outage.
     return isinstance(exc, OSError) and _raised_by_the_driver(exc)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
+from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings, get_settings
@@ -117,6 +118,8 @@ def create_app(
     app.include_router(funding_router, **RATE_LIMITED)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    # The partner's operators (admin scope, no party): not limited per party.
+    app.include_router(admin_router)
     if app.state.rate_limits is not None:
         app.state.rate_limits.bind_routes(app.routes)
     # Added innermost first: a request meets RequestId, SecurityHeaders, the shutdown cut,

@@ -93,7 +93,9 @@ def _bad_request(description: str) -> ApiError:
 
 
 async def _parse(request: web.Request, model: type[M]) -> M:
-    body = await read_json(request)
+    # A control action whose fields all have defaults is posted bare (`curl -X POST .../settle`):
+    # an empty body means `{}` here, unlike on the partner API, which mirrors Bakkt.
+    body = await read_json(request) if (await request.read()).strip() else {}
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -7,11 +7,14 @@ is about was committed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts import repository as repo
+from app.alerts.models import OperatorAlert
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +39,31 @@ async def add_alert_once(session: AsyncSession, alert: AlertSpec) -> bool:
         return False
     add_alert(session, alert)
     return True
+
+
+class Resolution(StrEnum):
+    RESOLVED = "resolved"
+    ALREADY_RESOLVED = "already_resolved"
+    NOT_FOUND = "not_found"
+
+
+async def resolve_alert(
+    session: AsyncSession, alert_id: int, *, by: str, note: str | None, now: datetime
+) -> tuple[Resolution, OperatorAlert | None]:
+    """An operator marks an alert dealt with, once; the caller commits."""
+    alert = await repo.lock_alert(session, alert_id)
+    if alert is None:
+        return Resolution.NOT_FOUND, None
+    if alert.resolved_at is not None:
+        return Resolution.ALREADY_RESOLVED, alert
+    alert.resolved_at = now
+    alert.resolved_by = by
+    alert.resolution_note = note
+    return Resolution.RESOLVED, alert
+
+
+async def resolve_open_alerts(
+    session: AsyncSession, *, kind: str, subject: str, by: str, note: str, now: datetime
+) -> int:
+    """Resolve what an operator's action has dealt with (a released hold's alert)."""
+    return await repo.resolve_open(session, kind=kind, subject=subject, by=by, note=note, now=now)

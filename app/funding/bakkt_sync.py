@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts.service import AlertSpec
 from app.bakkt.types import BakktTransaction, TransactionKind
+from app.core.clock import utcnow
 from app.core.money import format_dollars, whole_cents
 from app.core.text import clip
 from app.funding import repository as repo
@@ -36,7 +37,16 @@ from app.funding.models import (
     TransactionType,
 )
 from app.funding.models import TransactionStatus as Status
-from app.funding.state import Judgement, from_bakkt_status, judge, record_creation, transition
+from app.funding.state import (
+    OPEN,
+    Judgement,
+    decide,
+    from_bakkt_status,
+    judge,
+    record_creation,
+    source_of,
+    transition,
+)
 
 log = logging.getLogger("app.funding")
 
@@ -76,6 +86,10 @@ KIND_TYPES: dict[TransactionKind, tuple[TransactionType, TransactionMethod | Non
 _ACH_KINDS = frozenset({TransactionKind.ACH_DEPOSIT, TransactionKind.ACH_WITHDRAW})
 
 HELD_ALERT = "transaction_held_for_review"
+# The note of every word withheld from a held transaction (its history row, applied = false),
+# by which `release_hold` finds them again.
+HELD_NOTE = "held for review"
+RELEASE_NOTE = "released from review"
 # Operators' tooling knows the webhook receiver's and the jobs' conflicts by these two names.
 CONFLICT_ALERTS = {
     HistorySource.WEBHOOK: "transaction_state_conflict",
@@ -111,6 +125,13 @@ class BakktReport:
     # History notes of a move, and of the creation of a row Bakkt started.
     note: str | None = None
     creation_note: str | None = None
+    # The operator who made us ask or apply (a forced sync, a replayed webhook): the history
+    # rows are then of source `admin`, with this actor.
+    actor: str | None = None
+
+    @property
+    def history_source(self) -> HistorySource:
+        return source_of(self.source, self.actor)
 
 
 @dataclass(slots=True)
@@ -156,10 +177,11 @@ async def record(session: AsyncSession, report: BakktReport, *, now: datetime) -
         record_creation(
             session,
             txn,
-            source=report.source,
+            source=report.history_source,
             event_id=report.event_id,
             event_time=report.at,
             note=report.creation_note or f"started by Bakkt ({found.kind})",
+            actor=report.actor,
         )
         await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
         unlinked = found.related_transaction_ref if txn.related_transaction_id is None else None
@@ -192,7 +214,7 @@ async def apply(
         return Applied(Verdict.UNREADABLE, txn)
     before = Status(txn.status)
     problem = mismatch(txn, found)
-    if problem:
+    if problem and not _accepted(txn, problem):
         return _hold(session, txn, report, target, problem, now=now)
     judgement = judge(
         before, target, current_event_time=txn.status_event_time, event_time=report.at
@@ -204,12 +226,13 @@ async def apply(
         session,
         txn,
         target,
-        source=report.source,
+        source=report.history_source,
         event_id=report.event_id,
         event_time=report.at,
         reason_code=reason_code,
         reason_description=found.reason_description,
         note=report.note,
+        actor=report.actor,
     )
     applied = Applied(
         Verdict.MOVED if moved else _VERDICTS[judgement],
@@ -222,7 +245,9 @@ async def apply(
     if orphans:
         await repo.link_orphan_relations(session, related_ref=txn.bakkt_ref, now=now)
     if target is Status.RETURNED and reason_code:
-        note = await _return_policy(session, txn, found.kind, reason_code, now=now)
+        note = await _return_policy(
+            session, txn, found.kind, reason_code, now=now, actor=report.actor
+        )
         if note:
             applied.notes.append(note)
     if applied.verdict is Verdict.CONFLICT:
@@ -287,17 +312,19 @@ def _hold(
     if newly_held:
         txn.held_for_review = True
         txn.review_reason = f"{report.context}: {problem}"
+        txn.review_mismatch = problem
         txn.updated_at = now
     if newly_held or report.event_id is not None:
         transition(
             session,
             txn,
             target,
-            source=report.source,
+            source=report.history_source,
             event_id=report.event_id,
             event_time=report.at,
             reason_code=clip(found.reason_code, REASON_CODE_LENGTH),
-            withhold=f"held for review: {problem}",
+            withhold=f"{HELD_NOTE}: {problem}",
+            actor=report.actor,
         )
     alert = None
     if newly_held:
@@ -311,6 +338,83 @@ def _hold(
             data["requestId"] = report.event_id
         alert = AlertSpec(HELD_ALERT, f"transaction {txn.id}", f"{report.context}: {problem}", data)
     return Applied(Verdict.HELD, txn, target, Status(txn.status), mismatch=problem, alert=alert)
+
+
+def _accepted(txn: Transaction, problem: str) -> bool:
+    """An operator released the hold this very disagreement caused: Bakkt's word stands."""
+    return not txn.held_for_review and txn.review_mismatch == problem
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    before: Status
+    # The statuses the withheld words moved the transaction through, in order.
+    moved: list[Status]
+    # The disagreement the operator accepted (None for a hold older than its recording).
+    accepted: str | None
+
+
+async def release_hold(
+    session: AsyncSession,
+    txn: Transaction,
+    *,
+    source: HistorySource,
+    actor: str | None,
+    note: str | None,
+) -> Released:
+    """An operator has looked at what held `txn` and lets it go: the hold ends, its
+    disagreement is accepted (a later word of Bakkt's with the same disagreement applies instead
+    of holding the transaction again; a different one holds it again), and the words withheld
+    from it are applied through `state.transition`, in Bakkt's order, each where the table
+    allows it from the state the ones before left. Every release writes at least one history
+    row. The caller checked `txn.held_for_review`, holds the row lock and commits."""
+    before = Status(txn.status)
+    now = utcnow()
+    history_source = source_of(source, actor)
+    txn.held_for_review = False
+    txn.updated_at = now
+    moved: list[Status] = []
+    for word in await repo.withheld_words(session, txn.id, note_prefix=HELD_NOTE):
+        target = Status(word.to_status)
+        current = Status(txn.status)
+        # Checked first so that words the table refuses (older, repeated, applied by an earlier
+        # release) leave no second row: the row that withheld them already tells of them.
+        if not decide(
+            current, target, current_event_time=txn.status_event_time, event_time=word.event_time
+        ).apply:
+            continue
+        transition(
+            session,
+            txn,
+            target,
+            source=history_source,
+            event_time=word.event_time,
+            reason_code=word.reason_code,
+            note=_with_note(
+                f"{RELEASE_NOTE}: applies what was withheld from {word.event_id or 'a sync'}",
+                note,
+            ),
+            actor=actor,
+        )
+        moved.append(target)
+        if target is Status.RETURNED and word.reason_code:
+            await _return_policy(session, txn, "", word.reason_code, now=now, actor=actor)
+    if not moved:
+        transition(
+            session,
+            txn,
+            before,
+            source=history_source,
+            note=_with_note(f"{RELEASE_NOTE}: nothing withheld to apply", note),
+            actor=actor,
+        )
+    # Recovery skips held transactions; one still open is looked at again right away.
+    txn.next_check_at = now if Status(txn.status) in OPEN else None
+    return Released(before, moved, txn.review_mismatch)
+
+
+def _with_note(text: str, note: str | None) -> str:
+    return f"{text}; {note}" if note else text
 
 
 async def _link_related(
@@ -347,6 +451,7 @@ async def _return_policy(
     reason_code: str,
     *,
     now: datetime,
+    actor: str | None = None,
 ) -> str | None:
     """What an ACH return code says about the bank account it came from. Applied whether or not
     the return moved the transaction: the code is a fact about the account either way."""
@@ -355,7 +460,9 @@ async def _return_policy(
         return None
     code = reason_code.strip().upper()
     if code in ACCOUNT_UNUSABLE_CODES:
-        if await repo.disable_bank_account(session, txn.bank_account_id, reason_code=code, now=now):
+        if await repo.disable_bank_account(
+            session, txn.bank_account_id, reason_code=code, now=now, actor=actor
+        ):
             return f"bank account disabled ({code})"
     elif code in UNAUTHORIZED_CODES and await repo.flag_bank_account_for_review(
         session, txn.bank_account_id, now=now

@@ -177,6 +177,8 @@ class BankAccountHistory(Base):
     reason_code: Mapped[str | None] = mapped_column(String(64))
     note: Mapped[str | None] = mapped_column(Text)
     event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The operator behind a row of source `admin` (the admin token's subject, or `cli:<name>`).
+    actor: Mapped[str | None] = mapped_column(String(255))
     recorded_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -213,6 +215,9 @@ class Transaction(Base):
         Boolean, default=False, server_default=text("false")
     )
     review_reason: Mapped[str | None] = mapped_column(Text)
+    # What Bakkt's record and ours disagreed about when the hold began; after an operator
+    # released the hold, a word with this same disagreement applies instead of holding again.
+    review_mismatch: Mapped[str | None] = mapped_column(Text)
     # Bakkt's time of the last applied event: an older event is stale and only recorded.
     status_event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     submit_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
@@ -234,6 +239,19 @@ class Transaction(Base):
             "next_check_at",
             postgresql_where=text("status IN ('SUBMITTING', 'UNKNOWN', 'PENDING')"),
         ),
+        # The operators' lists across parties, oldest first (app/admin/).
+        Index(
+            "ix_transactions_open_created",
+            "created_at",
+            "id",
+            postgresql_where=text("status IN ('SUBMITTING', 'UNKNOWN', 'PENDING')"),
+        ),
+        Index(
+            "ix_transactions_held_created",
+            "created_at",
+            "id",
+            postgresql_where=text("held_for_review"),
+        ),
     )
 
 
@@ -252,6 +270,8 @@ class TransactionHistory(Base):
     applied: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     note: Mapped[str | None] = mapped_column(Text)
     event_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The operator behind a row of source `admin` (the admin token's subject, or `cli:<name>`).
+    actor: Mapped[str | None] = mapped_column(String(255))
     recorded_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -316,8 +316,10 @@ async def insert_bank_account(
     now: datetime,
     history_note: str | None = None,
     event_id: str | None = None,
+    actor: str | None = None,
 ) -> bool:
-    """A bank account Bakkt linked without our asking; False when the row exists already."""
+    """A bank account Bakkt linked without our asking; False when the row exists already.
+    `actor`: an operator replayed the event that tells of it."""
     statement = (
         insert(BankAccount)
         .values(
@@ -345,33 +347,54 @@ async def insert_bank_account(
         account_id=created,
         from_status=None,
         to_status=status,
-        source="webhook",
+        source=_webhook_or_admin(actor),
         event_id=event_id,
         reason_code=reason_code,
         event_time=event_time,
         note=history_note,
+        actor=actor,
     )
     return True
 
 
+def _webhook_or_admin(actor: str | None) -> str:
+    # Bakkt's word about a bank account comes by webhook; an operator replaying it makes the
+    # row theirs (app.funding.state.source_of, for transactions).
+    return HistorySource.ADMIN if actor is not None else HistorySource.WEBHOOK
+
+
+# The reason code of a bank account an operator disabled (app/admin/): the one kind of DISABLED
+# an operator may enable again; an ACH return's code replaces it.
+OPERATOR_DISABLED = "operator_disabled"
+
+
 async def disable_bank_account(
-    session: AsyncSession, account_id: uuid.UUID, *, reason_code: str, now: datetime
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    reason_code: str,
+    now: datetime,
+    actor: str | None = None,
 ) -> bool:
     """DISABLED is where an unusable account stays: the first return code that disabled it is
-    kept, so a later event cannot re-enable or re-label it."""
+    kept, so a later event cannot re-enable or re-label it. An account an operator disabled
+    takes the code, so that no operator can enable an account a return says is unusable."""
     account = await session.get(
         BankAccount, account_id, with_for_update={"key_share": True}, populate_existing=True
     )
-    if account is None or account.status == BankAccountStatus.DISABLED:
+    if account is None or (
+        account.status == BankAccountStatus.DISABLED and account.reason_code != OPERATOR_DISABLED
+    ):
         return False
     add_bank_account_history(
         session,
         account_id=account_id,
         from_status=account.status,
         to_status=BankAccountStatus.DISABLED,
-        source="webhook",
+        source=_webhook_or_admin(actor),
         reason_code=reason_code,
         note=f"an ACH return ({reason_code}) says the account cannot be used",
+        actor=actor,
     )
     account.status = BankAccountStatus.DISABLED
     account.reason_code = reason_code
@@ -445,6 +468,57 @@ async def flag_bank_account_for_review(
     return bool(getattr(result, "rowcount", 0))
 
 
+async def get_bank_account_by_id(
+    session: AsyncSession, account_id: uuid.UUID
+) -> BankAccount | None:
+    statement = (
+        select(BankAccount)
+        .where(BankAccount.id == account_id)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def lock_bank_account_by_id(
+    session: AsyncSession, account_id: uuid.UUID
+) -> BankAccount | None:
+    """The bank account's row lock, whichever party it belongs to (operators' actions)."""
+    statement = (
+        select(BankAccount)
+        .where(BankAccount.id == account_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+def move_bank_account(
+    session: AsyncSession,
+    account: BankAccount,
+    to_status: str,
+    *,
+    source: str,
+    reason_code: str | None,
+    note: str | None,
+    now: datetime,
+    actor: str | None = None,
+) -> None:
+    """Set a locked account's status and reason code, with its history row."""
+    add_bank_account_history(
+        session,
+        account_id=account.id,
+        from_status=account.status,
+        to_status=to_status,
+        source=source,
+        reason_code=reason_code,
+        note=note,
+        actor=actor,
+    )
+    account.status = to_status
+    account.reason_code = reason_code
+    account.updated_at = now
+
+
 def add_bank_account_history(
     session: AsyncSession,
     *,
@@ -457,9 +531,11 @@ def add_bank_account_history(
     note: str | None = None,
     event_time: datetime | None = None,
     recorded_at: datetime | None = None,
+    actor: str | None = None,
 ) -> None:
     """The one writer of bank-account history: every move of a bank account's status adds
-    its row here, in the transaction that makes the move."""
+    its row here, in the transaction that makes the move. `actor`: the operator behind a row
+    of source `admin`."""
     row = BankAccountHistory(
         bank_account_id=account_id,
         from_status=from_status,
@@ -469,6 +545,7 @@ def add_bank_account_history(
         reason_code=reason_code,
         note=note,
         event_time=event_time,
+        actor=actor,
     )
     if recorded_at is not None:
         row.recorded_at = recorded_at
@@ -504,6 +581,7 @@ async def supersede_linked(
     event_time: datetime,
     event_id: str | None,
     now: datetime,
+    actor: str | None = None,
 ) -> BankAccount | None:
     """Make room for the link `new_link_ref` to become the party's LINKED account, as Bakkt
     does when a link succeeds: the LINKED one becomes REPLACED, with a history row. When the
@@ -530,10 +608,11 @@ async def supersede_linked(
         account_id=current.id,
         from_status=current.status,
         to_status=BankAccountStatus.REPLACED,
-        source="webhook",
+        source=_webhook_or_admin(actor),
         event_id=event_id,
         event_time=event_time,
         note=f"replaced by the link {new_link_ref}, which Bakkt completed later",
+        actor=actor,
     )
     current.status = BankAccountStatus.REPLACED
     current.updated_at = now
@@ -673,6 +752,80 @@ async def history(session: AsyncSession, transaction_id: uuid.UUID) -> Sequence[
         .where(TransactionHistory.transaction_id == transaction_id)
         .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
     )
+    return (await session.scalars(stmt)).all()
+
+
+async def withheld_words(
+    session: AsyncSession, transaction_id: uuid.UUID, *, note_prefix: str
+) -> Sequence[TransactionHistory]:
+    """The words of Bakkt's a hold kept from the transaction (`bakkt_sync._hold`), in Bakkt's
+    order: by the time of each, then as recorded."""
+    statement = (
+        select(TransactionHistory)
+        .where(
+            TransactionHistory.transaction_id == transaction_id,
+            TransactionHistory.applied.is_(False),
+            TransactionHistory.note.startswith(note_prefix, autoescape=True),
+        )
+        .order_by(TransactionHistory.event_time.asc().nulls_first(), TransactionHistory.id)
+    )
+    return (await session.scalars(statement)).all()
+
+
+async def history_has_event(session: AsyncSession, bakkt_ref: str, event_id: str) -> bool:
+    """Whether the transaction Bakkt knows by `bakkt_ref` has a history row of this event."""
+    statement = select(
+        exists().where(
+            TransactionHistory.transaction_id == Transaction.id,
+            Transaction.bakkt_ref == bakkt_ref,
+            TransactionHistory.event_id == event_id,
+        )
+    )
+    return bool((await session.execute(statement)).scalar_one())
+
+
+# Spelled as the partial indexes' predicates, so the planner matches them to these lists.
+_IS_OPEN = text("transactions.status IN ('SUBMITTING', 'UNKNOWN', 'PENDING')")
+_IS_HELD = text("transactions.held_for_review")
+
+
+async def list_across_parties(
+    session: AsyncSession,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    statuses: Sequence[str] = (),
+    party_ref: str | None = None,
+    open_only: bool = False,
+    held_only: bool = False,
+    created_before: datetime | None = None,
+    unsettled_before: datetime | None = None,
+) -> Sequence[Transaction]:
+    """Every party's transactions, oldest first, keyset-paginated on (created_at, id): `after`
+    is the last row seen. `open_only`: SUBMITTING, UNKNOWN or PENDING; `unsettled_before`:
+    UNKNOWN, or SUBMITTING created before it (an outcome nobody is waiting for any more)."""
+    stmt = select(Transaction)
+    if open_only:
+        stmt = stmt.where(_IS_OPEN)
+    if held_only:
+        stmt = stmt.where(_IS_HELD)
+    if statuses:
+        stmt = stmt.where(Transaction.status.in_(statuses))
+    if party_ref is not None:
+        stmt = stmt.where(Transaction.party_ref == party_ref)
+    if created_before is not None:
+        stmt = stmt.where(Transaction.created_at <= created_before)
+    if unsettled_before is not None:
+        stmt = stmt.where(
+            (Transaction.status == TransactionStatus.UNKNOWN)
+            | (
+                (Transaction.status == TransactionStatus.SUBMITTING)
+                & (Transaction.created_at <= unsettled_before)
+            )
+        )
+    if after is not None:
+        stmt = stmt.where(tuple_(Transaction.created_at, Transaction.id) > tuple_(*after))
+    stmt = stmt.order_by(Transaction.created_at, Transaction.id).limit(limit)
     return (await session.scalars(stmt)).all()
 
 

@@ -352,7 +352,9 @@ class FundingService:
             )
         if account.status == BankAccountStatus.DISABLED:
             raise BankAccountDisabled(
-                "An ACH return showed this bank account cannot be used. Link another one.",
+                "An operator has disabled this bank account."
+                if account.reason_code == repo.OPERATOR_DISABLED
+                else "An ACH return showed this bank account cannot be used. Link another one.",
                 extra={"bankAccountId": str(account.id), "reasonCode": account.reason_code},
             )
         if account.status != BankAccountStatus.LINKED:

@@ -147,10 +147,12 @@ def transition(
     reason_description: str | None = None,
     note: str | None = None,
     withhold: str | None = None,
+    actor: str | None = None,
 ) -> bool:
     """Apply `target` to `txn` if the table allows it, else record it as ignored; with
     `withhold` (the reason, kept as the note), record it as seen and not applied whatever the
-    table says (a transaction held for review).
+    table says (a transaction held for review). `actor` names the operator behind a move of
+    source `admin`.
 
     The caller holds the row lock on `txn` (`app.funding.repository.lock_transaction*`) and
     commits. Returns True when the status moved.
@@ -175,6 +177,7 @@ def transition(
             applied=decision.apply,
             note=note if decision.apply else (withhold or _join(decision.why_not, note)),
             event_time=event_time,
+            actor=actor,
         )
     )
     if not decision.apply:
@@ -198,6 +201,7 @@ def record_creation(
     event_id: str | None = None,
     event_time: datetime | None = None,
     note: str | None = None,
+    actor: str | None = None,
 ) -> None:
     """The first history row of a transaction: how it came to exist, in its first state."""
     session.add(
@@ -211,8 +215,15 @@ def record_creation(
             applied=True,
             note=note,
             event_time=event_time,
+            actor=actor,
         )
     )
+
+
+def source_of(source: HistorySource, actor: str | None) -> HistorySource:
+    """The history source of a row: `admin` whenever an operator made us act, whatever the word
+    came through (a replayed webhook, a forced sync); `actor` then says who."""
+    return HistorySource.ADMIN if actor is not None else source
 
 
 def _join(*parts: str | None) -> str | None:

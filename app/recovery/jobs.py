@@ -30,9 +30,10 @@ from app.core.backoff import backoff
 from app.core.clock import db_now
 from app.errors import is_database_unavailable
 from app.funding.bakkt_sync import Applied
-from app.funding.models import Transaction, TransactionMethod, TransactionType
+from app.funding.models import HistorySource, Transaction, TransactionMethod, TransactionType
 from app.funding.models import TransactionStatus as Status
 from app.funding.repository import UNSETTLED
+from app.funding.state import source_of
 from app.recovery.metrics import Metrics
 
 log = logging.getLogger("app.recovery")
@@ -80,13 +81,19 @@ class ClaimedTransaction:
 
 @dataclass(slots=True)
 class JobRun:
-    """One job cycle's collaborators and its clock."""
+    """One job cycle's collaborators and its clock; `actor`: the operator who forced it (an
+    admin sync), whose name the history rows it writes carry."""
 
     factory: SessionFactory
     bakkt: BakktClient
     settings: Settings
     metrics: Metrics
     now: datetime
+    actor: str | None = None
+
+    @property
+    def history_source(self) -> HistorySource:
+        return source_of(HistorySource.SYNC, self.actor)
 
 
 def circuit_open(bakkt: BakktClient) -> bool:

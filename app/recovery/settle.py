@@ -84,9 +84,14 @@ async def _settle_one(run: JobRun, c: ClaimedTransaction) -> None:
         await _still_unknown(run, c, f"look-up failed: {exc}", exc)
         return
     if found is not None:
-        await _adopt(run, c, found)
+        await adopt(run, c, found)
         return
-    # Bakkt never accepted a transfer with this ref.
+    await not_at_bakkt(run, c)
+
+
+async def not_at_bakkt(run: JobRun, c: ClaimedTransaction) -> None:
+    """Bakkt never accepted a transfer with this ref: send it again with its key while that is
+    safe, else fail it with the reason (a wire inside the grace period waits for its retry)."""
     age = run.now - c.created_at
     grace = timedelta(seconds=run.settings.recovery_submitting_grace)
     if c.is_wire_withdrawal:
@@ -161,8 +166,9 @@ async def _resend(run: JobRun, c: ClaimedTransaction, idempotency_key: str) -> N
             session,
             txn,
             Status.PENDING,
-            source=HistorySource.SYNC,
+            source=run.history_source,
             note="re-sent with the same idempotency key; accepted by Bakkt",
+            actor=run.actor,
         )
         if moved:
             schedule_after_move(txn, run)
@@ -171,18 +177,21 @@ async def _resend(run: JobRun, c: ClaimedTransaction, idempotency_key: str) -> N
     log.info("transfer %s re-sent with its key and accepted by Bakkt", c.bakkt_ref)
 
 
-async def _adopt(run: JobRun, c: ClaimedTransaction, found: BakktTransaction) -> None:
+async def adopt(run: JobRun, c: ClaimedTransaction, found: BakktTransaction) -> Verdict | None:
+    """Apply Bakkt's record of a transaction (`bakkt_sync.apply`) and schedule its next look;
+    the verdict (None when the row is gone)."""
     report = BakktReport(
         found,
         HistorySource.SYNC,
         at=found.updated_at,
-        context="settling an unknown outcome",
-        note="outcome settled: found at Bakkt",
+        context="settling an unknown outcome" if run.actor is None else f"sync by {run.actor}",
+        note="outcome settled: found at Bakkt" if run.actor is None else "forced sync",
+        actor=run.actor,
     )
     async with run.factory() as session:
         txn = await funding_repo.lock_transaction(session, c.id)
         if txn is None:  # pragma: no cover
-            return
+            return None
         applied = await bakkt_sync.apply(session, txn, report, now=run.now)
         await raise_alert(session, applied)
         if applied.verdict is Verdict.MOVED:
@@ -193,9 +202,10 @@ async def _adopt(run: JobRun, c: ClaimedTransaction, found: BakktTransaction) ->
             # Bakkt has it but we could not apply its status: look again later.
             back_off(txn, run, unknown=True)
         await session.commit()
-    if applied.verdict is Verdict.MOVED:
+    if applied.verdict is Verdict.MOVED and run.actor is None:
         run.metrics.inc("recovery_settled_unknown_total")
         log.info("transfer %s settled from Bakkt's record: %s", c.bakkt_ref, found.status)
+    return applied.verdict
 
 
 async def _fail(
@@ -220,10 +230,11 @@ async def _fail(
             session,
             txn,
             Status.FAILED,
-            source=HistorySource.SYNC,
+            source=run.history_source,
             reason_code=code,
             reason_description=description,
             note=note or f"recovery: {code}",
+            actor=run.actor,
         )
         txn.next_check_at = None
         await session.commit()
@@ -249,7 +260,14 @@ async def _still_unknown(
             txn.submit_attempts += 1
         if txn.status == Status.SUBMITTING:
             # Its request died mid-call: what is known now is that the outcome is unknown.
-            transition(session, txn, Status.UNKNOWN, source=HistorySource.SYNC, note=note)
+            transition(
+                session,
+                txn,
+                Status.UNKNOWN,
+                source=run.history_source,
+                note=note,
+                actor=run.actor,
+            )
         if isinstance(exc, CircuitOpen):
             # Not this transaction's fault: look again when the breaker lets calls through.
             txn.next_check_at = run.now + timedelta(seconds=max(exc.retry_after, 1.0))

@@ -175,3 +175,40 @@ async def clear_bodies(session: AsyncSession, *, before: datetime, limit: int) -
     )
     result = await session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def lock_event(session: AsyncSession, event_pk: int) -> WebhookEvent | None:
+    """One stored event with its body, locked (an operator's replay waits for a worker's)."""
+    statement = (
+        select(WebhookEvent)
+        .where(WebhookEvent.id == event_pk)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    limit: int,
+    before_id: int | None,
+    statuses: Collection[str] = (),
+    request_id: str | None = None,
+    needs_operator: bool | None = None,
+) -> list[WebhookEvent]:
+    """Stored events newest first, keyset-paginated on the id (a sequence: no two rows tie);
+    without their bodies and headers."""
+    statement = select(WebhookEvent).options(
+        defer(WebhookEvent.body, raiseload=True), defer(WebhookEvent.headers, raiseload=True)
+    )
+    if statuses:
+        statement = statement.where(WebhookEvent.status.in_(list(statuses)))
+    if request_id is not None:
+        statement = statement.where(WebhookEvent.request_id == request_id)
+    if needs_operator is not None:
+        statement = statement.where(WebhookEvent.needs_operator.is_(needs_operator))
+    if before_id is not None:
+        statement = statement.where(WebhookEvent.id < before_id)
+    statement = statement.order_by(WebhookEvent.id.desc()).limit(limit)
+    return list((await session.scalars(statement)).all())

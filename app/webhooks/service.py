@@ -15,6 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +47,7 @@ from app.funding.models import (
     PartyStatus,
 )
 from app.funding.party_status import REASONS
+from app.funding.repository import OPERATOR_DISABLED
 from app.webhooks import repository as repo
 from app.webhooks.models import EventStatus, WebhookEvent
 from app.webhooks.verify import VerifiedWebhook
@@ -102,6 +104,23 @@ class Receipt:
     request_id: str
     duplicate: bool
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class _By:
+    """Who applies a stored event: the receiver as it came (and `rematch_parked`), or an
+    operator replaying it, whose history rows carry their name and the stored row's id."""
+
+    actor: str | None = None
+    # The history rows' event id when it is not the event's requestId: a CONFLICT row's body
+    # repeats the requestId of the event stored first, whose rows may exist already.
+    event_id: str | None = None
+
+    def history_id(self, event: ParsedEvent) -> str:
+        return self.event_id or event.event_id
+
+
+_RECEIVER = _By()
 
 
 # -- intake --------------------------------------------------------------------------------------
@@ -319,14 +338,19 @@ async def _apply_stored(
 
 
 async def _apply_claimed(
-    session: AsyncSession, row: WebhookEvent, *, parsed: ParsedEvent | None, now: datetime
+    session: AsyncSession,
+    row: WebhookEvent,
+    *,
+    parsed: ParsedEvent | None,
+    now: datetime,
+    by: _By = _RECEIVER,
 ) -> str:
     event = (
         parsed
         if parsed is not None
         else parse_webhook(row.body or b"", received_at=row.received_at)
     )
-    outcome = await _apply(session, event, now=now)
+    outcome = await _apply(session, event, now=now, by=by)
     if event.missing:
         outcome = await _note_missing(session, event, outcome)
     row.attempts += 1
@@ -416,13 +440,15 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-async def _apply(session: AsyncSession, event: ParsedEvent, *, now: datetime) -> EventOutcome:
+async def _apply(
+    session: AsyncSession, event: ParsedEvent, *, now: datetime, by: _By = _RECEIVER
+) -> EventOutcome:
     if isinstance(event, FiatEvent):
-        return await _apply_fiat(session, event, now=now)
+        return await _apply_fiat(session, event, now=now, by=by)
     if isinstance(event, PartyEvent):
         return await _apply_party(session, event, now=now)
     if isinstance(event, BankLinkEvent):
-        return await _apply_link(session, event, now=now)
+        return await _apply_link(session, event, now=now, by=by)
     return EventOutcome(
         EventStatus.IGNORED,
         f"unknown webhook type {event.webhook_type!r}: stored, not applied",
@@ -433,17 +459,21 @@ async def _apply(session: AsyncSession, event: ParsedEvent, *, now: datetime) ->
 # -- FIAT_EVENT ----------------------------------------------------------------------------------
 
 
-async def _apply_fiat(session: AsyncSession, event: FiatEvent, *, now: datetime) -> EventOutcome:
+async def _apply_fiat(
+    session: AsyncSession, event: FiatEvent, *, now: datetime, by: _By = _RECEIVER
+) -> EventOutcome:
     bakkt = event.transaction
     subject = f"transaction {bakkt.transaction_ref}"
+    context = f"webhook {event.event_id}"
     applied = await bakkt_sync.record(
         session,
         bakkt_sync.BakktReport(
             bakkt,
             HistorySource.WEBHOOK,
             at=event.event_time,
-            context=f"webhook {event.event_id}",
-            event_id=event.event_id,
+            context=context if by.actor is None else f"{context} replayed by {by.actor}",
+            event_id=by.history_id(event),
+            actor=by.actor,
         ),
         now=now,
     )
@@ -544,7 +574,7 @@ async def _apply_party(session: AsyncSession, event: PartyEvent, *, now: datetim
 
 
 async def _apply_link(
-    session: AsyncSession, event: BankLinkEvent, *, now: datetime
+    session: AsyncSession, event: BankLinkEvent, *, now: datetime, by: _By = _RECEIVER
 ) -> EventOutcome:
     if not isinstance(event.status, LinkStatus):
         return EventOutcome(
@@ -576,8 +606,9 @@ async def _apply_link(
                 party_ref=event.party_ref,
                 new_link_ref=event.link_ref,
                 event_time=event.event_time,
-                event_id=event.event_id,
+                event_id=by.history_id(event),
                 now=now,
+                actor=by.actor,
             )
             if newer is not None:
                 target = BankAccountStatus.REPLACED
@@ -594,8 +625,9 @@ async def _apply_link(
             reason_code=reason,
             event_time=event.event_time,
             now=now,
-            event_id=event.event_id,
+            event_id=by.history_id(event),
             history_note=None if newer is None else f"Bakkt linked {newer.id} later",
+            actor=by.actor,
         )
         if created:
             return EventOutcome(EventStatus.APPLIED, f"bank account recorded as {target}")
@@ -614,8 +646,13 @@ async def _apply_link(
             ),
         )
     if account.status == BankAccountStatus.DISABLED and target is not BankAccountStatus.DISABLED:
-        _fill_missing(account, bank_name, mask, account_type)
-        return EventOutcome(EventStatus.IGNORED, "the account stays DISABLED after an ACH return")
+        by_operator = account.reason_code == OPERATOR_DISABLED
+        # An operator's disable holds against Bakkt linking the account again (only the
+        # operator lifts it), not against Bakkt unlinking or failing it, which is final anyway.
+        if not by_operator or target is BankAccountStatus.LINKED:
+            _fill_missing(account, bank_name, mask, account_type)
+            why = "an operator disabled it" if by_operator else "after an ACH return"
+            return EventOutcome(EventStatus.IGNORED, f"the account stays DISABLED {why}")
     if not _newer(event.event_time, target, account.status_event_time, account.status, _LINK_RANK):
         _fill_missing(account, bank_name, mask, account_type)
         return EventOutcome(
@@ -628,8 +665,9 @@ async def _apply_link(
             party_ref=account.party_ref,
             new_link_ref=account.link_ref,
             event_time=event.event_time,
-            event_id=event.event_id,
+            event_id=by.history_id(event),
             now=now,
+            actor=by.actor,
         )
         if newer is not None:
             # Bakkt linked another account after this one: that one is current.
@@ -640,11 +678,12 @@ async def _apply_link(
         account_id=account.id,
         from_status=account.status,
         to_status=target,
-        source=HistorySource.WEBHOOK,
-        event_id=event.event_id,
+        source=HistorySource.WEBHOOK if by.actor is None else HistorySource.ADMIN,
+        event_id=by.history_id(event),
         reason_code=reason,
         event_time=event.event_time,
         note=replaced_note,
+        actor=by.actor,
     )
     account.status = target
     account.reason_code = reason
@@ -702,6 +741,60 @@ async def rematch_parked(
                 await session.rollback()
                 await _note_failure(session, event_pk, request_id, now=now)
     return claimed
+
+
+# -- an operator's replay ------------------------------------------------------------------------
+
+
+class ReplayRefused(StrEnum):
+    APPLIED = "applied"  # it did what it says already
+    RECORDED = "recorded"  # its word is in the transaction's history (applied, withheld, stale)
+    BODY_CLEARED = "body_cleared"  # retention has cleared the stored body
+    UNREADABLE = "unreadable"  # the stored body still cannot be read
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    row: WebhookEvent
+    refused: ReplayRefused | None = None
+    why: str | None = None
+
+
+async def replay(
+    session: AsyncSession, event_pk: int, *, actor: str, now: datetime
+) -> Replayed | None:
+    """Apply a stored event again at an operator's request, as `rematch_parked` would, with the
+    operator as the actor of the history rows it writes (source `admin`). None when no event has
+    this id. Refused: an APPLIED event, one whose body retention cleared or that still cannot be
+    read, and a FIAT_EVENT whose word the transaction's history already holds (withheld by a
+    hold: releasing the hold applies it; stale or contradicting: nothing a replay changes).
+    A CONFLICT row applies the body it kept, under its own id. The caller commits."""
+    row = await repo.lock_event(session, event_pk)
+    if row is None:
+        return None
+    if row.status == EventStatus.APPLIED:
+        return Replayed(row, ReplayRefused.APPLIED, f"the event is APPLIED: {row.outcome}")
+    if row.body is None:
+        return Replayed(row, ReplayRefused.BODY_CLEARED, "retention has cleared its body")
+    try:
+        event = parse_webhook(row.body, received_at=row.received_at)
+    except MalformedWebhook as exc:
+        return Replayed(row, ReplayRefused.UNREADABLE, str(exc))
+    by = _By(actor=actor, event_id=row.request_id)
+    if isinstance(event, FiatEvent) and await funding_repo.history_has_event(
+        session, event.transaction.transaction_ref, row.request_id
+    ):
+        return Replayed(
+            row,
+            ReplayRefused.RECORDED,
+            f"transaction {event.transaction.transaction_ref!r} has this event in its history "
+            f"already ({row.status}: {row.outcome})",
+        )
+    status = await _apply_claimed(session, row, parsed=event, now=now, by=by)
+    row.outcome = f"replayed by {actor}: {row.outcome}"
+    if status == EventStatus.APPLIED:
+        row.needs_operator = False
+    return Replayed(row)
 
 
 # -- small helpers -------------------------------------------------------------------------------

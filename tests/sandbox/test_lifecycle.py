@@ -2,6 +2,7 @@
 
 import asyncio
 
+import httpx
 import pytest
 
 from bakkt_sandbox.testing import RunningSandbox, SandboxError, running_sandbox
@@ -350,3 +351,14 @@ async def test_credit_adds_to_the_settled_balance(
     assert (await partner.balance(party))["settledAmount"] == 12.34
     with pytest.raises(SandboxError):
         await bakkt_sandbox.credit(party, "1.001")
+
+
+async def test_a_control_move_posted_with_no_body_uses_its_defaults(
+    bakkt_sandbox: RunningSandbox, partner: Partner, linked_party: str
+) -> None:
+    # README's `curl -X POST .../settle` sends neither a body nor a content type.
+    await partner.transfer(linked_party, 10, ref="bare-1")
+    async with httpx.AsyncClient(base_url=bakkt_sandbox.base_url) as http:
+        response = await http.post("/sandbox/transactions/bare-1/settle")
+    assert response.status_code == 200, response.text
+    assert response.json()["transactionStatus"] == "COMPLETE"
