@@ -29,7 +29,8 @@ WORKDIR /srv
 COPY --from=build /opt/venv /opt/venv
 COPY migrations ./migrations
 USER 10001:10001
-EXPOSE 8000
+# 8000: the API; 9000: INTERNAL_PORT when set (metrics, docs, probes).
+EXPOSE 8000 9000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 CMD ["fiat-onramp", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -29,7 +29,7 @@ from app.config import (
 from app.core import tracing
 from app.core.logs import configure_logging, register_secrets
 from app.core.metrics import prepare_multiprocess, remove_multiprocess_dir
-from app.serving import uvicorn_options
+from app.serving import ServiceServer, serve, server_configs
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
 DATA_DIR = Path(".data")
@@ -69,22 +69,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     workers: int = args.workers
     tracing.check_settings()
+    if workers > 1:
+        # Each worker process builds its own app (engine, pools, Bakkt client); building one
+        # here first turns a misconfiguration into one line before any worker starts.
+        create_app(settings)
     # Before any worker starts: they inherit PROMETHEUS_MULTIPROC_DIR and sum their metrics
     # through it, so a scrape answered by any one of them counts them all.
     metrics_dir = prepare_multiprocess(workers)
     try:
-        uvicorn.run(
-            # Several workers: each process builds its own app (engine, pools, Bakkt client).
-            "app.main:create_app" if workers > 1 else create_app(settings),
-            factory=workers > 1,
-            workers=workers,
-            host=args.host,
-            port=args.port,
-            **uvicorn_options(settings),
-        )
+        # uvicorn_options carries the log config (JSON or text), applied in every worker.
+        return serve(settings, host=args.host, port=args.port, workers=workers)
     finally:
         remove_multiprocess_dir(metrics_dir)
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -149,10 +145,10 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
                 f"Bakkt sandbox on http://{args.host}:{args.sandbox_port} "
                 f"with its state under {sandbox_settings.state_dir or '(memory)'}"
             )
-        config = uvicorn.Config(
-            create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings)
+        public, internal = server_configs(
+            settings, create_app(settings), host=args.host, port=args.port
         )
-        server = uvicorn.Server(config)
+        server = ServiceServer(public, internal)
         root = f"http://{args.host}:{args.port}"
         demo = settings.app_env is AppEnv.DEVELOPMENT
         print(f"fiat-onramp on {root} (docs at /docs{', the demo at /demo' if demo else ''})")

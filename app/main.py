@@ -19,7 +19,9 @@ from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import AppEnv, Settings, get_settings
-from app.core import tracing
+from app.core import shutdown, tracing
+from app.core.http_security import SecurityHeadersMiddleware, default_headers, install_cors
+from app.core.listeners import DOCS_PREFIX, InternalListener, ListenerGate
 from app.core.logs import register_secrets
 from app.core.metrics import METRICS, Metrics, worker_exited
 from app.core.middleware import (
@@ -27,6 +29,7 @@ from app.core.middleware import (
     RequestIdMiddleware,
     RequestObservationMiddleware,
 )
+from app.core.ratelimit import RATE_LIMITED, RateLimits
 from app.db import create_engine, create_session_factory
 from app.demo.router import install_demo
 from app.docs_assets import install_docs
@@ -109,13 +112,29 @@ def create_app(
             # Marked stopped after the workers stop and the last request is answered.
             stack.push_async_callback(heartbeat.stop)
             app.state.heartbeat = heartbeat
+            workers: Workers | None = None
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(
                     app.state.session_factory, app.state.bakkt, settings, metrics=metrics
                 )
                 workers.start()
-                stack.push_async_callback(workers.stop)
+                stack.push_async_callback(_stop_workers, app, workers, settings)
+            loop = asyncio.get_running_loop()
+
+            def drain() -> None:
+                app.state.drain_deadline = loop.time() + settings.shutdown_timeout
+                app.state.draining.set()
+                if workers is not None:
+                    # No new cycle; the one in hand finishes while the requests drain.
+                    workers.request_stop()
+
+            def drain_soon() -> None:
+                loop.call_soon_threadsafe(drain)
+
+            stack.callback(shutdown.on_terminate(drain_soon))
+            # Without a signal (a test, an embedding program) draining starts here.
+            stack.callback(app.state.draining.set)
             yield
 
     app = FastAPI(
@@ -133,13 +152,17 @@ def create_app(
     app.state.metrics = metrics
     metrics.build(app.version, os.environ.get("FIAT_ONRAMP_REVISION", "unknown"))
     app.state.schema_head = migrate.head_revision()
-    # Set on shutdown (SIGTERM): open event streams end so their clients resume elsewhere.
+    # Set at SIGTERM (app/serving.py): long-lived responses (event streams) end when it is.
     app.state.draining = asyncio.Event()
+    app.state.drain_deadline = None
+    app.state.rate_limits = RateLimits(settings) if settings.rate_limit_enabled else None
     install_error_handlers(app)
     app.include_router(health_router)
-    app.include_router(funding_router)
+    # Per party and per route; webhook intake, health and metrics are not (they have no party).
+    app.include_router(funding_router, **RATE_LIMITED)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
+    # The partner's operators (admin scope, no party): not limited per party.
     app.include_router(admin_router)
     app.include_router(events_router)
     app.include_router(partner_webhooks_router)
@@ -148,17 +171,36 @@ def create_app(
         # It hands out tokens for any party to anyone who asks: never in production.
         install_demo(app)
     metrics.known_routes(_declared_responses(app))
+    if app.state.rate_limits is not None:
+        app.state.rate_limits.bind_routes(app.routes)
+    # Added innermost first: a request meets RequestId, the request metrics and access line,
+    # SecurityHeaders, the shutdown cut, CORS, the listener gate, then the body limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
         own_limit_paths=frozenset({"/webhooks/bakkt"}),
     )
-    # Inside the request id (its access line carries it), outside the body limit (its 413
-    # is counted).
+    if settings.internal_port is not None or not (
+        settings.ops_routes_public and settings.docs_enabled
+    ):
+        app.add_middleware(
+            ListenerGate, ops_public=settings.ops_routes_public, docs_enabled=settings.docs_enabled
+        )
+    install_cors(app, settings)
+    app.add_middleware(shutdown.ShutdownCutMiddleware, draining=app.state.draining)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        headers=default_headers(settings),
+        cacheable_prefixes=(DOCS_PREFIX,),
+    )
+    # Inside the request id (its access line carries it), outside everything that answers on
+    # its own (the body limit's 413, the shutdown cut's 503, CORS preflights), so each is counted.
     app.add_middleware(RequestObservationMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     if tracer_provider is not None:
         tracing.instrument_app(app, tracer_provider)
+    # What the internal listener serves (INTERNAL_PORT): this app, its requests marked.
+    app.state.internal_app = InternalListener(app)
     return app
 
 
@@ -188,3 +230,12 @@ def _declared_responses(app: FastAPI) -> list[tuple[str, str, list[int]]]:
 
     walk(app.routes, "")
     return found
+
+
+async def _stop_workers(app: FastAPI, workers: Workers, settings: Settings) -> None:
+    """After the requests drained: what is left of the shutdown budget for the current cycle."""
+    deadline: float | None = app.state.drain_deadline
+    grace = 5.0
+    if deadline is not None:
+        grace = max(1.0, deadline - asyncio.get_running_loop().time())
+    await workers.stop(grace=min(grace, settings.shutdown_timeout))
