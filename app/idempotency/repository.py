@@ -54,6 +54,7 @@ async def claim_new(
         "recovery_point": STARTED,
         "locked_until": func.clock_timestamp() + lease,
         "holder_id": holder_id,
+        "response_kind": None,
         "response_status": None,
         "response_body": None,
         "transaction_id": None,
@@ -131,15 +132,18 @@ async def set_intent(session: AsyncSession, key_id: int, transaction_id: uuid.UU
     return (await session.execute(stmt)).one_or_none() is not None
 
 
-async def finish(session: AsyncSession, key_id: int, status: int, body: Any) -> bool:
-    """Store the response to replay; False if another holder of the key finished it first."""
+async def finish(
+    session: AsyncSession, key_id: int, kind: str, body: Any, *, legacy_status: int
+) -> bool:
+    """Store the answer to replay; False if another holder of the key finished it first."""
     stmt = (
         update(IdempotencyKey)
         .where(IdempotencyKey.id == key_id, IdempotencyKey.recovery_point != FINISHED)
         .values(
             recovery_point=FINISHED,
             locked_until=None,
-            response_status=status,
+            response_kind=kind,
+            response_status=legacy_status,
             response_body=body,
         )
         .returning(IdempotencyKey.id)
@@ -155,12 +159,15 @@ async def end_lease(session: AsyncSession, key_id: int) -> None:
     )
 
 
-async def stored_response(session: AsyncSession, key_id: int) -> tuple[int, Any] | None:
-    stmt = select(IdempotencyKey.response_status, IdempotencyKey.response_body).where(
-        IdempotencyKey.id == key_id, IdempotencyKey.recovery_point == FINISHED
-    )
+async def stored_answer(
+    session: AsyncSession, key_id: int
+) -> tuple[str | None, int | None, Any] | None:
+    """A finished key's (kind, legacy status, body), for `answers.stored`."""
+    stmt = select(
+        IdempotencyKey.response_kind, IdempotencyKey.response_status, IdempotencyKey.response_body
+    ).where(IdempotencyKey.id == key_id, IdempotencyKey.recovery_point == FINISHED)
     row = (await session.execute(stmt)).one_or_none()
-    return None if row is None or row[0] is None else (int(row[0]), row[1])
+    return None if row is None else (row[0], row[1], row[2])
 
 
 async def delete_unfinished(session: AsyncSession, key_id: int) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.errors import AppError, Conflict, Unprocessable
 from app.idempotency import repository as repo
+from app.idempotency.answers import Answer, InProgress, Replayed, legacy_status, stored
 
 log = logging.getLogger("app.idempotency")
 
@@ -146,21 +147,40 @@ class KeyClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Replay:
-    status: int
-    body: Any
+class ClaimTerms:
+    """How this process claims keys: the lease, how long a key is kept, and who holds it."""
+
+    lease: timedelta
+    ttl: timedelta
+    holder: Holder
+
+
+def terms_for(settings: Settings, process_id: uuid.UUID | None) -> ClaimTerms:
+    return ClaimTerms(
+        lease=lease_for(settings),
+        ttl=timedelta(days=settings.idempotency_ttl_days),
+        # Claims name this process, so a retry after it dies need not wait out the lease.
+        holder=holder_for(settings, process_id),
+    )
+
+
+class ClaimTaken(Exception):
+    """Another holder of the claim wrote its intent first (a holder believed gone that was
+    not): the caller's transaction must roll back and the request answers `in_progress`."""
+
+    def __init__(self) -> None:
+        super().__init__("the claim's intent was written by another holder")
+        self.in_progress = InProgress(
+            retry_after=1, detail="Another attempt of this request got there first; retry shortly."
+        )
 
 
 async def claim(
-    session: AsyncSession,
-    req: IdempotentRequest,
-    *,
-    lease: timedelta,
-    ttl: timedelta,
-    holder: Holder = NO_HOLDER,
-) -> KeyClaim | Replay:
+    session: AsyncSession, req: IdempotentRequest, terms: ClaimTerms
+) -> KeyClaim | Replayed | InProgress:
     """Claim the key (committed at once, so duplicates see it) or say what to answer instead.
     A new key costs one statement; the holder's heartbeat is read only when the key exists."""
+    lease, holder = terms.lease, terms.holder
     for _ in range(3):
         row = await repo.claim_new(
             session,
@@ -170,7 +190,7 @@ async def claim(
             path=req.path,
             fingerprint=req.fingerprint,
             lease=lease,
-            ttl=ttl,
+            ttl=terms.ttl,
             holder_id=holder.process_id,
         )
         if row is not None:
@@ -186,8 +206,11 @@ async def claim(
         existing, now, holder_gone = found
         # Read before the rollback below, which expires the row.
         same_request = existing.fingerprint == req.fingerprint
-        finished = existing.recovery_point == repo.FINISHED and existing.response_status is not None
-        stored = Replay(existing.response_status or 0, existing.response_body)
+        answer = (
+            stored(existing.response_kind, existing.response_status, existing.response_body)
+            if existing.recovery_point == repo.FINISHED
+            else None
+        )
         leased = (
             existing.locked_until is not None and existing.locked_until > now and not holder_gone
         )
@@ -198,14 +221,14 @@ async def claim(
                 "This Idempotency-Key was already used with a different method, path or body. "
                 "Use a new key for a new request."
             )
-        if finished:
+        if answer is not None:
             await session.rollback()
-            return stored
+            return Replayed(answer)
         if leased:
             await session.rollback()
-            raise IdempotencyRequestInProgress(
-                "The first request with this key has not finished yet; retry shortly.",
+            return InProgress(
                 retry_after=1,
+                detail="The first request with this key has not finished yet; retry shortly.",
             )
         taken = await repo.take_over(
             session, key_id, lease, holder_id=holder.process_id, stale_after=holder.stale_after
@@ -222,9 +245,8 @@ async def claim(
                 resumed=True,
             )
         await session.rollback()
-    raise IdempotencyRequestInProgress(
-        "The request with this key is changing hands; retry shortly.",
-        retry_after=1,
+    return InProgress(
+        retry_after=1, detail="The request with this key is changing hands; retry shortly."
     )
 
 
@@ -232,23 +254,23 @@ async def record_intent(
     session: AsyncSession, claim_: KeyClaim, transaction_id: uuid.UUID | None
 ) -> None:
     """Part of the caller's transaction: commits together with the intent it points at. Raises
-    when another holder of the claim wrote its intent first (a holder believed gone that was
-    not): the caller's transaction must roll back, and the consumer's retry resumes that one."""
+    `ClaimTaken` when another holder of the claim wrote its intent first: the caller's
+    transaction must roll back, and the consumer's retry resumes that one."""
     if not await repo.set_intent(session, claim_.key_id, transaction_id):
-        raise IdempotencyRequestInProgress(
-            "Another attempt of this request got there first; retry shortly.", retry_after=1
-        )
+        raise ClaimTaken()
 
 
-async def finish(
-    session: AsyncSession, claim_: KeyClaim, status: int, body: Any
-) -> tuple[int, Any]:
-    """Store the response (in the caller's transaction). Returns what the key now answers: ours,
+async def finish(session: AsyncSession, claim_: KeyClaim, answer: Answer) -> Answer:
+    """Store the answer (in the caller's transaction). Returns what the key now answers: ours,
     or the first one if another holder finished before us."""
-    if await repo.finish(session, claim_.key_id, status, body):
-        return status, body
-    earlier = await repo.stored_response(session, claim_.key_id)
-    return earlier if earlier is not None else (status, body)
+    if await repo.finish(
+        session, claim_.key_id, answer.kind, answer.body, legacy_status=legacy_status(answer)
+    ):
+        return answer
+    earlier = await repo.stored_answer(session, claim_.key_id)
+    if earlier is None:
+        return answer
+    return stored(*earlier) or answer
 
 
 async def forget(session: AsyncSession, claim_: KeyClaim) -> None:
