@@ -66,25 +66,27 @@ class ValidationFailed(Unprocessable):
 
 
 # --- dependencies -------------------------------------------------------------------------------
+# All `async def`: FastAPI runs a plain `def` dependency in its thread pool, a hand-off to a worker
+# thread and back (a queue, a condition, the GIL) on every request for a few attribute reads.
 
 
-def _bakkt(request: Request) -> BakktClient:
+async def _bakkt(request: Request) -> BakktClient:
     bakkt: BakktClient = request.app.state.bakkt
     return bakkt
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _claim_terms(request: Request) -> ClaimTerms:
+async def _claim_terms(request: Request) -> ClaimTerms:
     state = request.app.state
     heartbeat = state.heartbeat
     return terms_for(state.settings, heartbeat.id if heartbeat is not None else None)
 
 
-def idempotency_key(
+async def idempotency_key(
     request: Request, _sound_body: Annotated[None, Depends(sound_json_body)]
 ) -> str:
     # Read by hand rather than as a Header parameter: a missing key is our 400 with its own
