@@ -475,15 +475,24 @@ def add_bank_account_history(
     session.add(row)
 
 
-async def bank_account_history(
-    session: AsyncSession, account_id: uuid.UUID
-) -> Sequence[BankAccountHistory]:
-    statement = (
-        select(BankAccountHistory)
-        .where(BankAccountHistory.bank_account_id == account_id)
-        .order_by(BankAccountHistory.id)
-    )
-    return (await session.scalars(statement)).all()
+_BANK_ACCOUNT_WITH_HISTORY = (
+    select(BankAccount, BankAccountHistory)
+    .outerjoin(BankAccountHistory, BankAccountHistory.bank_account_id == BankAccount.id)
+    .where(BankAccount.id == bindparam("id"), BankAccount.party_ref == bindparam("party_ref"))
+    .order_by(BankAccountHistory.id)
+    .execution_options(populate_existing=True)
+)
+
+
+async def bank_account_with_history(
+    session: AsyncSession, party_ref: str, account_id: uuid.UUID
+) -> tuple[BankAccount, list[BankAccountHistory]] | None:
+    """One of the party's bank accounts and its history, in one statement (one snapshot)."""
+    params = {"id": account_id, "party_ref": party_ref}
+    rows = (await session.execute(_BANK_ACCOUNT_WITH_HISTORY, params)).all()
+    if not rows:
+        return None
+    return rows[0][0], [h for _, h in rows if h is not None]
 
 
 async def linked_bank_account(session: AsyncSession, party_ref: str) -> BankAccount | None:
@@ -667,13 +676,25 @@ async def list_transactions(
     return (await session.scalars(stmt)).all()
 
 
-async def history(session: AsyncSession, transaction_id: uuid.UUID) -> Sequence[TransactionHistory]:
-    stmt = (
-        select(TransactionHistory)
-        .where(TransactionHistory.transaction_id == transaction_id)
-        .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
-    )
-    return (await session.scalars(stmt)).all()
+_TRANSACTION_WITH_HISTORY = (
+    select(Transaction, TransactionHistory)
+    .outerjoin(TransactionHistory, TransactionHistory.transaction_id == Transaction.id)
+    .where(Transaction.id == bindparam("id"), Transaction.party_ref == bindparam("party_ref"))
+    .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
+    .execution_options(populate_existing=True)
+)
+
+
+async def transaction_with_history(
+    session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
+) -> tuple[Transaction, list[TransactionHistory]] | None:
+    """One of the party's transactions and its history, oldest first, in one statement (so
+    one snapshot: the history explains the status shown)."""
+    params = {"id": transaction_id, "party_ref": party_ref}
+    rows = (await session.execute(_TRANSACTION_WITH_HISTORY, params)).all()
+    if not rows:
+        return None
+    return rows[0][0], [h for _, h in rows if h is not None]
 
 
 async def insert_bakkt_transaction(

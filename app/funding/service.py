@@ -39,6 +39,7 @@ from app.bakkt import WireDestination as BakktWireDestination
 from app.config import Settings
 from app.core.clock import db_now, utcnow
 from app.core.money import format_dollars, to_cents
+from app.db import outside_transaction
 from app.errors import (
     AppError,
 )
@@ -772,6 +773,7 @@ async def link_bank_account(
 
 
 async def list_bank_accounts(session: AsyncSession, party_ref: str) -> schemas.BankAccountList:
+    await outside_transaction(session)
     rows = await repo.list_bank_accounts(session, party_ref)
     return schemas.BankAccountList(items=[bank_account_out(a) for a in rows])
 
@@ -779,10 +781,11 @@ async def list_bank_accounts(session: AsyncSession, party_ref: str) -> schemas.B
 async def get_bank_account(
     session: AsyncSession, party_ref: str, account_id: uuid.UUID
 ) -> schemas.BankAccountDetail:
-    account = await repo.get_bank_account(session, party_ref, account_id)
-    if account is None:
+    await outside_transaction(session)
+    found = await repo.bank_account_with_history(session, party_ref, account_id)
+    if found is None:
         raise BankAccountNotFound("No bank account with this id.")
-    entries = await repo.bank_account_history(session, account.id)
+    account, entries = found
     return schemas.BankAccountDetail(
         **bank_account_out(account).model_dump(),
         history=[
@@ -864,6 +867,7 @@ async def unlink(
 
 
 async def get_party(session: AsyncSession, party_ref: str) -> schemas.PartyOut:
+    await outside_transaction(session)
     party = await repo.get_party(session, party_ref)
     account = await repo.linked_bank_account(session, party_ref)
     return party_out(party_ref, party, account)
@@ -876,6 +880,7 @@ async def list_transactions(
     session: AsyncSession, party_ref: str, q: schemas.TransactionQuery
 ) -> schemas.TransactionPage:
     before = decode_cursor(q.cursor) if q.cursor else None
+    await outside_transaction(session)
     rows = await repo.list_transactions(
         session,
         party_ref,
@@ -896,10 +901,11 @@ async def list_transactions(
 async def get_transaction(
     session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
 ) -> schemas.TransactionDetail:
-    txn = await repo.get_transaction(session, party_ref, transaction_id)
-    if txn is None:
+    await outside_transaction(session)
+    found = await repo.transaction_with_history(session, party_ref, transaction_id)
+    if found is None:
         raise TransactionNotFound("No transaction with this id.")
-    entries = await repo.history(session, txn.id)
+    txn, entries = found
     return schemas.TransactionDetail(
         **transaction_out(txn).model_dump(),
         history=[
@@ -932,6 +938,7 @@ async def balance(bakkt: BakktClient, party_ref: str) -> schemas.BalanceOut:
 async def wire_instructions(
     session: AsyncSession, bakkt: BakktClient, party_ref: str
 ) -> schemas.WireInstructionsOut:
+    await outside_transaction(session)
     party = await repo.get_party(session, party_ref)
     await session.commit()
     if party is not None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import outside_transaction
 from app.errors import AppError, Conflict, Unprocessable
 from app.idempotency import repository as repo
 from app.idempotency.answers import Answer, InProgress, Replayed, legacy_status, stored
@@ -179,10 +180,13 @@ async def claim(
     session: AsyncSession, req: IdempotentRequest, terms: ClaimTerms
 ) -> KeyClaim | Replayed | InProgress:
     """Claim the key (committed at once, so duplicates see it) or say what to answer instead.
-    A new key costs one statement; the holder's heartbeat is read only when the key exists."""
+
+    One statement, in a transaction of its own (no BEGIN, no COMMIT): it claims a new key, or
+    reads the row that holds it. Only a claim to be taken over costs a second one."""
     lease, holder = terms.lease, terms.holder
     for _ in range(3):
-        row = await repo.claim_new(
+        await outside_transaction(session)
+        found = await repo.claim_or_read(
             session,
             party_ref=req.party_ref,
             key=req.key,
@@ -192,51 +196,42 @@ async def claim(
             lease=lease,
             ttl=terms.ttl,
             holder_id=holder.process_id,
+            stale_after=holder.stale_after,
         )
-        if row is not None:
-            await session.commit()
-            return KeyClaim(row.id, row.created_at, row.recovery_point, None, resumed=False)
-        found = await repo.get_with_now(
-            session, req.party_ref, req.key, stale_after=holder.stale_after
-        )
+        await session.commit()
+        if isinstance(found, repo.NewKey):
+            return KeyClaim(found.id, found.created_at, found.recovery_point, None, resumed=False)
         if found is None:
-            # The holder released it (its request failed before writing anything): claim anew.
-            await session.rollback()
+            # Taken or released between the insert and the read (a concurrent claim, or a holder
+            # whose request failed before writing anything): look again.
             continue
-        existing, now, holder_gone = found
-        # Read before the rollback below, which expires the row.
-        same_request = existing.fingerprint == req.fingerprint
-        answer = (
-            stored(existing.response_kind, existing.response_status, existing.response_body)
-            if existing.recovery_point == repo.FINISHED
-            else None
-        )
-        leased = (
-            existing.locked_until is not None and existing.locked_until > now and not holder_gone
-        )
-        key_id = existing.id
-        if not same_request:
-            await session.rollback()
+        if found.fingerprint != req.fingerprint:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was already used with a different method, path or body. "
                 "Use a new key for a new request."
             )
-        if answer is not None:
-            await session.rollback()
-            return Replayed(answer)
+        if found.recovery_point == repo.FINISHED:
+            answer = stored(found.response_kind, found.response_status, found.response_body)
+            if answer is not None:
+                return Replayed(answer)
+        leased = (
+            found.locked_until is not None
+            and found.locked_until > found.now
+            and not found.holder_gone
+        )
         if leased:
-            await session.rollback()
             return InProgress(
                 retry_after=1,
                 detail="The first request with this key has not finished yet; retry shortly.",
             )
+        await outside_transaction(session)
         taken = await repo.take_over(
-            session, key_id, lease, holder_id=holder.process_id, stale_after=holder.stale_after
+            session, found.id, lease, holder_id=holder.process_id, stale_after=holder.stale_after
         )
+        await session.commit()
         if taken is not None:
-            await session.commit()
-            if holder_gone:
-                log.warning("idempotency claim %s taken over from a process that is gone", key_id)
+            if found.holder_gone:
+                log.warning("idempotency claim %s taken over from a process that is gone", found.id)
             return KeyClaim(
                 taken.id,
                 taken.created_at,
@@ -244,7 +239,6 @@ async def claim(
                 taken.transaction_id,
                 resumed=True,
             )
-        await session.rollback()
     return InProgress(
         retry_after=1, detail="The request with this key is changing hands; retry shortly."
     )
