@@ -7,6 +7,7 @@ from app.funding.models import (
     BankAccountHistory,
     Party,
     PartyLimit,
+    PartyLimitUsage,
     Transaction,
     TransactionHistory,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "OperatorAlert",
     "Party",
     "PartyLimit",
+    "PartyLimitUsage",
     "RecoveryJob",
     "ServiceProcess",
     "Transaction",

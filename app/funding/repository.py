@@ -166,28 +166,75 @@ class LimitUsage:
     used_30_days_cents: int
 
 
-# One round trip for what used to be four (the clock, the limits row, two sums). The clock is
-# read in the statement that sums, after the caller took the party lock, so it is the same
-# instant the windows end at; intervals in hours, because '1 day' follows the session's time
-# zone across a DST change and timedelta(days=1) does not.
+# One round trip: the clock, the limits row and what the party used in both windows. The clock
+# is read in this statement, after the caller took the party lock, so it is the same instant the
+# windows end at; intervals in hours, because '1 day' follows the session's time zone across a
+# DST change and timedelta(days=1) does not.
+#
+# The sums come from the running totals (`party_limit_usage`, one row per party, direction and
+# UTC hour, kept by migration 0012's trigger), not from the party's whole history: every hour
+# that lies wholly inside a window is one row, and only the hour the window starts in is summed
+# from `transactions` (its rows at or after the window's start), so the result is exact and the
+# work is bounded by the number of hours, not of transfers. The hour of a row is
+# date_trunc('hour', created_at, 'UTC') here and in the trigger alike.
 _LIMIT_USAGE = text(
     """
     SELECT clock.now, l.per_transaction_cents, l.per_day_cents, l.per_30_days_cents,
-           u.used_day, u.used_30_days
+           hours.day + day_edge.cents AS used_day,
+           hours.month + month_edge.cents AS used_30_days
     FROM (SELECT clock_timestamp() AS now) AS clock
     CROSS JOIN LATERAL (
-        SELECT coalesce(sum(t.amount_cents)
-                        FILTER (WHERE t.created_at >= clock.now - interval '24 hours'), 0)
-                   AS used_day,
-               coalesce(sum(t.amount_cents), 0) AS used_30_days
+        SELECT clock.now - interval '24 hours' AS day_start,
+               date_trunc('hour', clock.now - interval '24 hours', 'UTC') AS day_hour,
+               clock.now - interval '720 hours' AS month_start,
+               date_trunc('hour', clock.now - interval '720 hours', 'UTC') AS month_hour
+    ) AS w
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(u.amount_cents) FILTER (WHERE u.hour > w.day_hour), 0) AS day,
+               coalesce(sum(u.amount_cents), 0) AS month
+        FROM party_limit_usage AS u
+        WHERE u.party_ref = :party_ref AND u.direction = :direction AND u.hour > w.month_hour
+    ) AS hours
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.amount_cents), 0) AS cents
         FROM transactions AS t
         WHERE t.party_ref = :party_ref AND t.type = :direction AND t.origin = :origin
           AND t.status NOT IN :not_counted
-          AND t.created_at >= clock.now - interval '720 hours'
-    ) AS u
+          AND t.created_at >= w.day_start AND t.created_at < w.day_hour + interval '1 hour'
+    ) AS day_edge
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.amount_cents), 0) AS cents
+        FROM transactions AS t
+        WHERE t.party_ref = :party_ref AND t.type = :direction AND t.origin = :origin
+          AND t.status NOT IN :not_counted
+          AND t.created_at >= w.month_start AND t.created_at < w.month_hour + interval '1 hour'
+    ) AS month_edge
     LEFT JOIN party_limits AS l ON l.party_ref = :party_ref AND l.direction = :direction
     """
 ).bindparams(bindparam("not_counted", expanding=True))
+
+
+# An hour's total is read while the hour is inside the 30-day window; kept a day longer.
+LIMIT_USAGE_KEPT = timedelta(hours=720 + 24)
+
+
+async def forget_limit_usage(session: AsyncSession, *, now: datetime, limit: int) -> int:
+    """Delete up to `limit` running totals of hours no window reaches any more (retention). A
+    later move of one of their transfers changes nothing that is read: the trigger's update
+    finds no row."""
+    statement = text(
+        """
+        DELETE FROM party_limit_usage
+        WHERE (party_ref, direction, hour) IN (
+            SELECT party_ref, direction, hour FROM party_limit_usage
+            WHERE hour < :before
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        """
+    )
+    result = await session.execute(statement, {"before": now - LIMIT_USAGE_KEPT, "limit": limit})
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def limit_usage(session: AsyncSession, party_ref: str, direction: str) -> LimitUsage:
