@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.funding.models import (
     BankAccount,
@@ -44,9 +45,11 @@ from app.funding.models import (
     TransactionOrigin,
     TransactionStatus,
 )
+from app.idempotency.repository import INTENT_CLAIM
 from app.webhooks.models import WebhookEvent
 
-# Transactions that never moved money do not count against a limit.
+# Transactions that never moved money do not count against a limit. Migration 0012's trigger,
+# which keeps the running totals, says the same in SQL: a change here is a migration there.
 NOT_COUNTED = (TransactionStatus.FAILED, TransactionStatus.DECLINED, TransactionStatus.CANCELLED)
 # Not yet settled at Bakkt, and what reconciliation must look at whatever the party's status.
 OPEN = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN, TransactionStatus.PENDING)
@@ -600,8 +603,37 @@ async def supersede_linked(
 # --- transactions -----------------------------------------------------------------------------
 
 
-def add_transaction(session: AsyncSession, txn: Transaction) -> None:
+_INTENT_COLUMNS = [c.name for c in cast(Table, Transaction.__table__).columns]
+# The consumer's transaction written as an intent and its idempotency claim pointed at it, in one
+# statement: the row is selected FROM the claim's update (idempotency's INTENT_CLAIM), so a claim
+# that another holder pointed at its own intent first writes nothing.
+_INSERT_INTENT = (
+    insert(cast(Table, Transaction.__table__))
+    .from_select(
+        _INTENT_COLUMNS,
+        select(
+            *(
+                bindparam(f"t_{name}", type_=cast(Table, Transaction.__table__).c[name].type)
+                for name in _INTENT_COLUMNS
+            )
+        ).select_from(INTENT_CLAIM),
+    )
+    .returning(cast(Table, Transaction.__table__).c.id)
+    .add_cte(INTENT_CLAIM)
+)
+
+
+async def insert_intent(session: AsyncSession, txn: Transaction, *, key_id: int) -> bool:
+    """Write `txn` (every column set, not yet in the session) and point claim `key_id` at it;
+    then `txn` is in the session as the persistent row it now is. False, and nothing written,
+    when the claim has an intent already."""
+    params: dict[str, object] = {f"t_{name}": getattr(txn, name) for name in _INTENT_COLUMNS}
+    params |= {"key_id": key_id, "transaction_id": txn.id}
+    if (await session.execute(_INSERT_INTENT, params)).scalar_one_or_none() is None:
+        return False
+    make_transient_to_detached(txn)
     session.add(txn)
+    return True
 
 
 _GET_TRANSACTION = (

@@ -446,6 +446,7 @@ async def _write_intent(
     now = await _check_limits(session, settings, party_ref, intent.direction, amount_cents)
     txn_id = uuid.uuid4()
     wire = intent.wire
+    # Every column, since the row is written by one statement, not by the session's flush.
     txn = Transaction(
         id=txn_id,
         party_ref=party_ref,
@@ -455,22 +456,30 @@ async def _write_intent(
         status=TransactionStatus.SUBMITTING,
         amount_cents=amount_cents,
         currency="USD",
+        reason_code=None,
+        reason_description=None,
         bakkt_ref=str(txn_id),
         bakkt_idempotency_key=str(uuid.uuid5(_BAKKT_KEY_NAMESPACE, str(txn_id))),
+        related_transaction_id=None,
         bank_account_id=account.id if account else None,
         wire_bank_name=wire.bank_name if wire else None,
         wire_account_mask=wire.account_number.get_secret_value()[-4:] if wire else None,
+        held_for_review=False,
+        review_reason=None,
+        status_event_time=None,
         submit_attempts=1,
         # Recovery leaves it alone while this request may still be talking to Bakkt.
         next_check_at=now + terms.lease,
+        check_attempts=0,
         # The page cursor and the limit windows order by it: the database's clock.
         created_at=now,
         updated_at=now,
     )
-    repo.add_transaction(session, txn)
-    await session.flush()
+    # The intent and the claim's pointer to it, one statement. Nothing written: another holder
+    # of the claim (a live one believed gone) wrote its intent first.
+    if not await repo.insert_intent(session, txn, key_id=claimed.key_id):
+        raise ClaimTaken()
     record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
-    await idempotency.record_intent(session, claimed, txn.id)
     await session.commit()
     return txn
 

@@ -220,6 +220,21 @@ async def take_over(
     return (await session.scalars(stmt)).one_or_none()
 
 
+# Pointing a claim at its intent, for the statement that writes the intent (funding's
+# `insert_intent` selects its row FROM it, so one statement does both): a row comes out only
+# while the claim has no intent yet. Parameters: key_id, transaction_id.
+INTENT_CLAIM = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("key_id"), _KEYS.c.recovery_point == STARTED)
+    .values(
+        recovery_point=INTENT_WRITTEN,
+        transaction_id=bindparam("transaction_id", type_=UUID(as_uuid=True)),
+    )
+    .returning(_KEYS.c.id)
+    .cte("intent_claim")
+)
+
+
 async def set_intent(session: AsyncSession, key_id: int, transaction_id: uuid.UUID | None) -> bool:
     """Point the claim at its intent; False when the claim already has one (or is gone). Two
     holders of one claim (a live one believed dead, and its taker) may both write an intent;

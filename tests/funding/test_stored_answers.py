@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
 from app.errors import problem_body
-from app.idempotency import repository as idempotency_repo
+from app.funding import service as funding_service
 from app.idempotency.answers import (
     Accepted,
     Answer,
@@ -268,12 +268,20 @@ async def test_a_holder_whose_intent_another_holder_wrote_first_answers_in_progr
     party: str,
     headers: dict[str, str],
 ) -> None:
-    # The claim's other holder (a live one believed gone) committed its intent first.
-    async def taken(*args: object, **kwargs: object) -> bool:
-        return False
-
     await link_account(api, sql, party, headers)
-    monkeypatch.setattr(idempotency_repo, "set_intent", taken)
+    check_limits = funding_service._check_limits
+
+    async def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # The claim's other holder (a live one believed gone) commits its intent while this
+        # one checks the limits.
+        await sql(
+            "UPDATE idempotency_keys SET recovery_point = 'intent_written' "
+            "WHERE party_ref = :p AND recovery_point = 'started'",
+            {"p": party},
+        )
+        return await check_limits(*args, **kwargs)
+
+    monkeypatch.setattr(funding_service, "_check_limits", meanwhile)
     response = await _deposit(api, party, with_key(headers))
     assert response.status_code == 409
     assert response.json()["code"] == "idempotency_request_in_progress"
