@@ -66,6 +66,16 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+async def outside_transaction(session: AsyncSession) -> None:
+    """Run the session's next statements each in a transaction of its own (autocommit): no
+    BEGIN and no COMMIT or ROLLBACK round trips, for a step of one statement (an idempotency
+    claim) or of reads. Call it before the step's first statement; the connection goes back to
+    the pool, in its usual mode, at the step's commit or rollback. A session joined to a
+    caller's transaction (the tests' rolled-back one) stays inside it."""
+    if isinstance(session.bind, AsyncEngine) and not session.in_transaction():
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request. Services commit; this only makes sure nothing stays open."""
     factory: async_sessionmaker[AsyncSession] = request.app.state.session_factory

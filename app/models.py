@@ -8,6 +8,7 @@ from app.funding.models import (
     BankAccountHistory,
     Party,
     PartyLimit,
+    PartyLimitUsage,
     Transaction,
     TransactionHistory,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "OperatorAlert",
     "Party",
     "PartyLimit",
+    "PartyLimitUsage",
     "RecoveryJob",
     "ServiceProcess",
     "Transaction",

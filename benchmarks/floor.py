@@ -62,7 +62,13 @@ def create_floor_app(database_url: str, bakkt_url: str, pool_size: int) -> FastA
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=pool_size)
+        pool = await asyncpg.create_pool(
+            database_url,
+            min_size=1,
+            max_size=pool_size,
+            # How the benchmark tells the floor's backends from the service's.
+            server_settings={"application_name": "fiat-floor"},
+        )
         async with pool.acquire() as conn:
             await conn.execute(SCHEMA)
         http = aiohttp.ClientSession(

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ import asyncpg
 import httpx
 
 from benchmarks.load import DriveResult, PlannedRequest, run_plan, write_plan, wrk_available
+from benchmarks.pg_activity import ActivitySampler
 from benchmarks.stack import (
     REPO_ROOT,
     Child,
@@ -176,12 +177,20 @@ class Phase:
     name: str
     result: DriveResult
     server_cpu_seconds: float
+    postgres: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         figures = self.result.as_dict()
         figures["server_cpu_percent"] = (
             100 * self.server_cpu_seconds / self.result.seconds if self.result.seconds else 0.0
         )
+        # The figure that moves least with the machine's load: what one request costs the
+        # process under test (the service with everything it does meanwhile, webhooks and
+        # recovery workers included; or the floor).
+        figures["server_cpu_ms_per_request"] = (
+            1000 * self.server_cpu_seconds / self.result.requests if self.result.requests else 0.0
+        )
+        figures["postgres"] = self.postgres
         figures["driver_cpu_percent"] = (
             100 * self.result.driver_cpu_seconds / self.result.seconds
             if self.result.seconds
@@ -191,8 +200,9 @@ class Phase:
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace, sizes: Sizes) -> None:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, db_url: str) -> None:
         self.args = args
+        self.db_url = db_url
         self.sizes = sizes
         self.tag = uuid.uuid4().hex[:8]
         self.dir = Path(tempfile.mkdtemp(prefix="run-", dir=DATA_DIR))
@@ -225,14 +235,17 @@ class Run:
         path = self.dir / f"{name}.plan"
         write_plan(path, plan)
         cpu_before = cpu_seconds(target.pid)
-        result = run_plan(
-            path,
-            base_url,
-            connections=self.sizes.connections,
-            duration=seconds,
-            driver=self.args.driver,
+        with ActivitySampler(self.db_url) as sampler:
+            result = run_plan(
+                path,
+                base_url,
+                connections=self.sizes.connections,
+                duration=seconds,
+                driver=self.args.driver,
+            )
+        phase = Phase(
+            name, result, cpu_seconds(target.pid) - cpu_before, sampler.summary(result.requests)
         )
-        phase = Phase(name, result, cpu_seconds(target.pid) - cpu_before)
         self.phases[name] = phase
         self.log(
             f"{name:24} {result.per_second:9.1f}/s  p99 {result.p99_ms:8.1f} ms  "
@@ -361,10 +374,10 @@ def execute(args: argparse.Namespace) -> dict[str, Any]:
     if args.deposits is not None:
         sizes = replace(sizes, deposits=args.deposits)
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    run = Run(args, sizes)
     started = time.time()
     load_start = os.getloadavg()
     db = asyncio.run(create_database(DATA_DIR, embedded_only=args.postgres == "embedded"))
+    run = Run(args, sizes, db.url)
     run.log(f"Postgres: {db.kind}, database {db.name}; logs and plans in {run.dir}")
     try:
         figures = _execute(run, db.url)
@@ -615,6 +628,7 @@ def _soak(run: Run, target: Child, base_url: str, plan: list[PlannedRequest]) ->
         statuses=dict(statuses),
         socket_errors=dict(sockets),
         driver_cpu_seconds=sum(c.driver_cpu_seconds for c in chunks),
+        censored=sorted({name for c in chunks for name in c.censored}),
     )
     phase = Phase("soak", total, cpu_seconds(target.pid) - cpu_before)
     run.phases["soak"] = phase
@@ -831,7 +845,7 @@ def render(figures: dict[str, Any]) -> str:
     )
     header = (
         f"{'path':28} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'server cpu':>10} {'driver cpu':>10}"
+        f"{'server cpu':>10} {'ms cpu/req':>10} {'driver cpu':>10}"
     )
     lines += ["", header, "-" * len(header)]
     rows = [
@@ -845,12 +859,20 @@ def render(figures: dict[str, Any]) -> str:
         ("reads: bank accounts", figures["service"]["reads"]["bank_accounts"]),
         ("soak (healthz + detail)", figures["service"]["soak"]),
     ]
+
+    def ms(r: dict[str, Any], name: str) -> str:
+        # A percentile among the timed-out requests is at least the timeout: shown as ">".
+        value = f"{r[name]:.1f}"
+        return f">{r[name]:.0f}" if name in r.get("censored", ()) else value
+
     for label, r in rows:
         lines.append(
-            f"{label[:28]:28} {r['per_second']:9.1f} {r['p50_ms']:8.1f} {r['p90_ms']:8.1f} "
-            f"{r['p99_ms']:8.1f} {r['errors']:7d} {r['server_cpu_percent']:9.0f}% "
+            f"{label[:28]:28} {r['per_second']:9.1f} {ms(r, 'p50_ms'):>8} {ms(r, 'p90_ms'):>8} "
+            f"{ms(r, 'p99_ms'):>8} {r['errors']:7d} {r['server_cpu_percent']:9.0f}% "
+            f"{r.get('server_cpu_ms_per_request', 0.0):10.2f} "
             f"{r['driver_cpu_percent']:9.0f}%"
         )
+    lines += _postgres_lines(rows)
     statuses: defaultdict[str, int] = defaultdict(int)
     for key, count in figures["service"]["deposits"]["statuses"].items():
         statuses[key] += count
@@ -880,6 +902,31 @@ def render(figures: dict[str, Any]) -> str:
             f"  {e['percent']:5.1f}%  {e['function']}" for e in profile["self_by_package"][:10]
         ]
     return "\n".join(lines)
+
+
+def _postgres_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """pg_stat_activity during each phase (benchmarks/pg_activity.py): the mean number of the
+    client's backends active and idle in a transaction, what the busy ones were doing, and
+    their CPU per request."""
+    lines = [
+        "",
+        "Postgres, per phase (pg_stat_activity every 100 ms; backends of the side under test):",
+        f"{'path':28} {'active':>7} {'idle-tx':>7} {'pg ms/req':>9}  busy backends were",
+    ]
+    for label, r in rows:
+        pg = r.get("postgres", {})
+        side = "floor" if label.strip().startswith("floor") else "service"
+        mine = pg.get(side)
+        if not mine:
+            continue
+        backends = mine["backends"]
+        top = ", ".join(f"{what} {share:.0f}%" for what, share in mine["not_idle"].items())
+        lines.append(
+            f"{label[:28]:28} {backends.get('active', 0.0):7.1f} "
+            f"{backends.get('idle in transaction', 0.0):7.1f} "
+            f"{mine['backend_cpu_ms_per_request']:9.2f}  {top[:140]}"
+        )
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

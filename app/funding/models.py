@@ -126,6 +126,20 @@ class PartyLimit(Base):
     __table_args__ = (CheckConstraint("direction IN ('DEPOSIT', 'WITHDRAWAL')", name="direction"),)
 
 
+class PartyLimitUsage(Base):
+    """Running totals for the limits: what a party's counted transfers of one direction add up
+    to, per hour of their creation (UTC). Written only by the database (migration 0012's
+    trigger on `transactions`), so no code path can move a transaction and forget them; read
+    by `repository.limit_usage`."""
+
+    __tablename__ = "party_limit_usage"
+
+    party_ref: Mapped[str] = mapped_column(String(255), primary_key=True)
+    direction: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+
+
 class BankAccount(Base):
     __tablename__ = "bank_accounts"
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.events import service as events
 from app.events.models import EventType
@@ -46,9 +47,11 @@ from app.funding.models import (
     TransactionOrigin,
     TransactionStatus,
 )
+from app.idempotency.repository import INTENT_CLAIM
 from app.webhooks.models import WebhookEvent
 
-# Transactions that never moved money do not count against a limit.
+# Transactions that never moved money do not count against a limit. Migration 0012's trigger,
+# which keeps the running totals, says the same in SQL: a change here is a migration there.
 NOT_COUNTED = (TransactionStatus.FAILED, TransactionStatus.DECLINED, TransactionStatus.CANCELLED)
 # Not yet settled at Bakkt, and what reconciliation must look at whatever the party's status.
 OPEN = (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN, TransactionStatus.PENDING)
@@ -168,28 +171,75 @@ class LimitUsage:
     used_30_days_cents: int
 
 
-# One round trip for what used to be four (the clock, the limits row, two sums). The clock is
-# read in the statement that sums, after the caller took the party lock, so it is the same
-# instant the windows end at; intervals in hours, because '1 day' follows the session's time
-# zone across a DST change and timedelta(days=1) does not.
+# One round trip: the clock, the limits row and what the party used in both windows. The clock
+# is read in this statement, after the caller took the party lock, so it is the same instant the
+# windows end at; intervals in hours, because '1 day' follows the session's time zone across a
+# DST change and timedelta(days=1) does not.
+#
+# The sums come from the running totals (`party_limit_usage`, one row per party, direction and
+# UTC hour, kept by migration 0012's trigger), not from the party's whole history: every hour
+# that lies wholly inside a window is one row, and only the hour the window starts in is summed
+# from `transactions` (its rows at or after the window's start), so the result is exact and the
+# work is bounded by the number of hours, not of transfers. The hour of a row is
+# date_trunc('hour', created_at, 'UTC') here and in the trigger alike.
 _LIMIT_USAGE = text(
     """
     SELECT clock.now, l.per_transaction_cents, l.per_day_cents, l.per_30_days_cents,
-           u.used_day, u.used_30_days
+           hours.day + day_edge.cents AS used_day,
+           hours.month + month_edge.cents AS used_30_days
     FROM (SELECT clock_timestamp() AS now) AS clock
     CROSS JOIN LATERAL (
-        SELECT coalesce(sum(t.amount_cents)
-                        FILTER (WHERE t.created_at >= clock.now - interval '24 hours'), 0)
-                   AS used_day,
-               coalesce(sum(t.amount_cents), 0) AS used_30_days
+        SELECT clock.now - interval '24 hours' AS day_start,
+               date_trunc('hour', clock.now - interval '24 hours', 'UTC') AS day_hour,
+               clock.now - interval '720 hours' AS month_start,
+               date_trunc('hour', clock.now - interval '720 hours', 'UTC') AS month_hour
+    ) AS w
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(u.amount_cents) FILTER (WHERE u.hour > w.day_hour), 0) AS day,
+               coalesce(sum(u.amount_cents), 0) AS month
+        FROM party_limit_usage AS u
+        WHERE u.party_ref = :party_ref AND u.direction = :direction AND u.hour > w.month_hour
+    ) AS hours
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.amount_cents), 0) AS cents
         FROM transactions AS t
         WHERE t.party_ref = :party_ref AND t.type = :direction AND t.origin = :origin
           AND t.status NOT IN :not_counted
-          AND t.created_at >= clock.now - interval '720 hours'
-    ) AS u
+          AND t.created_at >= w.day_start AND t.created_at < w.day_hour + interval '1 hour'
+    ) AS day_edge
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(t.amount_cents), 0) AS cents
+        FROM transactions AS t
+        WHERE t.party_ref = :party_ref AND t.type = :direction AND t.origin = :origin
+          AND t.status NOT IN :not_counted
+          AND t.created_at >= w.month_start AND t.created_at < w.month_hour + interval '1 hour'
+    ) AS month_edge
     LEFT JOIN party_limits AS l ON l.party_ref = :party_ref AND l.direction = :direction
     """
 ).bindparams(bindparam("not_counted", expanding=True))
+
+
+# An hour's total is read while the hour is inside the 30-day window; kept a day longer.
+LIMIT_USAGE_KEPT = timedelta(hours=720 + 24)
+
+
+async def forget_limit_usage(session: AsyncSession, *, now: datetime, limit: int) -> int:
+    """Delete up to `limit` running totals of hours no window reaches any more (retention). A
+    later move of one of their transfers changes nothing that is read: the trigger's update
+    finds no row."""
+    statement = text(
+        """
+        DELETE FROM party_limit_usage
+        WHERE (party_ref, direction, hour) IN (
+            SELECT party_ref, direction, hour FROM party_limit_usage
+            WHERE hour < :before
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        """
+    )
+    result = await session.execute(statement, {"before": now - LIMIT_USAGE_KEPT, "limit": limit})
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def limit_usage(session: AsyncSession, party_ref: str, direction: str) -> LimitUsage:
@@ -570,9 +620,31 @@ def add_bank_account_history(
     events.bank_account_moved(session, account_id, to_status)
 
 
+_BANK_ACCOUNT_WITH_HISTORY = (
+    select(BankAccount, BankAccountHistory)
+    .outerjoin(BankAccountHistory, BankAccountHistory.bank_account_id == BankAccount.id)
+    .where(BankAccount.id == bindparam("id"), BankAccount.party_ref == bindparam("party_ref"))
+    .order_by(BankAccountHistory.id)
+    .execution_options(populate_existing=True)
+)
+
+
+async def bank_account_with_history(
+    session: AsyncSession, party_ref: str, account_id: uuid.UUID
+) -> tuple[BankAccount, list[BankAccountHistory]] | None:
+    """One of the party's bank accounts and its history, in one statement (one snapshot)."""
+    params = {"id": account_id, "party_ref": party_ref}
+    rows = (await session.execute(_BANK_ACCOUNT_WITH_HISTORY, params)).all()
+    if not rows:
+        return None
+    return rows[0][0], [h for _, h in rows if h is not None]
+
+
 async def bank_account_history(
     session: AsyncSession, account_id: uuid.UUID
 ) -> Sequence[BankAccountHistory]:
+    """For the operators' view (app/admin); the consumer API reads an account with its history
+    in one statement instead."""
     statement = (
         select(BankAccountHistory)
         .where(BankAccountHistory.bank_account_id == account_id)
@@ -641,8 +713,37 @@ async def supersede_linked(
 # --- transactions -----------------------------------------------------------------------------
 
 
-def add_transaction(session: AsyncSession, txn: Transaction) -> None:
+_INTENT_COLUMNS = [c.name for c in cast(Table, Transaction.__table__).columns]
+# The consumer's transaction written as an intent and its idempotency claim pointed at it, in one
+# statement: the row is selected FROM the claim's update (idempotency's INTENT_CLAIM), so a claim
+# that another holder pointed at its own intent first writes nothing.
+_INSERT_INTENT = (
+    insert(cast(Table, Transaction.__table__))
+    .from_select(
+        _INTENT_COLUMNS,
+        select(
+            *(
+                bindparam(f"t_{name}", type_=cast(Table, Transaction.__table__).c[name].type)
+                for name in _INTENT_COLUMNS
+            )
+        ).select_from(INTENT_CLAIM),
+    )
+    .returning(cast(Table, Transaction.__table__).c.id)
+    .add_cte(INTENT_CLAIM)
+)
+
+
+async def insert_intent(session: AsyncSession, txn: Transaction, *, key_id: int) -> bool:
+    """Write `txn` (every column set, not yet in the session) and point claim `key_id` at it;
+    then `txn` is in the session as the persistent row it now is. False, and nothing written,
+    when the claim has an intent already."""
+    params: dict[str, object] = {f"t_{name}": getattr(txn, name) for name in _INTENT_COLUMNS}
+    params |= {"key_id": key_id, "transaction_id": txn.id}
+    if (await session.execute(_INSERT_INTENT, params)).scalar_one_or_none() is None:
+        return False
+    make_transient_to_detached(txn)
     session.add(txn)
+    return True
 
 
 _GET_TRANSACTION = (
@@ -764,7 +865,30 @@ async def list_transactions(
     return (await session.scalars(stmt)).all()
 
 
+_TRANSACTION_WITH_HISTORY = (
+    select(Transaction, TransactionHistory)
+    .outerjoin(TransactionHistory, TransactionHistory.transaction_id == Transaction.id)
+    .where(Transaction.id == bindparam("id"), Transaction.party_ref == bindparam("party_ref"))
+    .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
+    .execution_options(populate_existing=True)
+)
+
+
+async def transaction_with_history(
+    session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
+) -> tuple[Transaction, list[TransactionHistory]] | None:
+    """One of the party's transactions and its history, oldest first, in one statement (so
+    one snapshot: the history explains the status shown)."""
+    params = {"id": transaction_id, "party_ref": party_ref}
+    rows = (await session.execute(_TRANSACTION_WITH_HISTORY, params)).all()
+    if not rows:
+        return None
+    return rows[0][0], [h for _, h in rows if h is not None]
+
+
 async def history(session: AsyncSession, transaction_id: uuid.UUID) -> Sequence[TransactionHistory]:
+    """For the operators' view (app/admin); the consumer API reads a transaction with its
+    history in one statement instead."""
     stmt = (
         select(TransactionHistory)
         .where(TransactionHistory.transaction_id == transaction_id)

@@ -1,4 +1,5 @@
-"""HTTP only: parse, authorize, pick the status code. The rules live in the service."""
+"""HTTP only: parse, authorize, pick the status code. The rules live in the service, which answers
+in the domain's words (`app/idempotency/answers.py`); `render` turns an answer into HTTP."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import party_access
 from app.auth.tokens import AuthenticationRequired, AuthKeysUnavailable, InvalidToken, TokenExpired
+from app.bakkt import BakktClient
+from app.config import Settings
 from app.core.json_body import DuplicateField, UnstorableText, sound_json_body
 from app.db import get_session
 from app.errors import PROBLEM_JSON, AppError, NotFound, PayloadTooLarge, Unprocessable
 from app.errors import problem_responses as _problem_responses
 from app.funding import schemas
+from app.funding import service as funding
 from app.funding.errors import (
     BAKKT_REJECTIONS,
     BakktUnavailableProblem,
@@ -37,13 +41,10 @@ from app.funding.errors import (
 )
 from app.funding.models import TransactionMethod
 from app.funding.party_status import REASONS
-from app.funding.service import (
-    Direction,
-    FundingService,
-    TransferIntent,
-)
+from app.funding.service import Direction, TransferIntent
 from app.idempotency.http import HEADER, REPLAYED_HEADER, render
 from app.idempotency.service import (
+    ClaimTerms,
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
@@ -51,6 +52,7 @@ from app.idempotency.service import (
     IdempotentRequest,
     fingerprint,
     parse_key,
+    terms_for,
 )
 
 router = APIRouter(prefix="/v1/parties/{partyRef}", tags=["funding"])
@@ -64,22 +66,27 @@ class ValidationFailed(Unprocessable):
 
 
 # --- dependencies -------------------------------------------------------------------------------
+# All `async def`: FastAPI runs a plain `def` dependency in its thread pool, a hand-off to a worker
+# thread and back (a queue, a condition, the GIL) on every request for a few attribute reads.
 
 
-def get_service(
-    request: Request, session: Annotated[AsyncSession, Depends(get_session)]
-) -> FundingService:
+async def _bakkt(request: Request) -> BakktClient:
+    bakkt: BakktClient = request.app.state.bakkt
+    return bakkt
+
+
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def _claim_terms(request: Request) -> ClaimTerms:
     state = request.app.state
     heartbeat = state.heartbeat
-    return FundingService(
-        session,
-        state.bakkt,
-        state.settings,
-        process_id=heartbeat.id if heartbeat is not None else None,
-    )
+    return terms_for(state.settings, heartbeat.id if heartbeat is not None else None)
 
 
-def idempotency_key(
+async def idempotency_key(
     request: Request, _sound_body: Annotated[None, Depends(sound_json_body)]
 ) -> str:
     # Read by hand rather than as a Header parameter: a missing key is our 400 with its own
@@ -89,7 +96,10 @@ def idempotency_key(
 
 PartyRef = Annotated[str, Depends(party_access)]
 IdempotencyKeyValue = Annotated[str, Depends(idempotency_key)]
-Service = Annotated[FundingService, Depends(get_service)]
+Session = Annotated[AsyncSession, Depends(get_session)]
+Bakkt = Annotated[BakktClient, Depends(_bakkt)]
+AppSettings = Annotated[Settings, Depends(_settings)]
+Terms = Annotated[ClaimTerms, Depends(_claim_terms)]
 
 
 def _idempotent(request: Request, party_ref: str, key: str, body: Any) -> IdempotentRequest:
@@ -219,12 +229,16 @@ async def create_link_session(
     request: Request,
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
-    service: Service,
+    session: Session,
+    bakkt: Bakkt,
+    terms: Terms,
     body: Annotated[schemas.LinkSessionRequest | None, Body()] = None,
 ) -> JSONResponse:
     payload = body or schemas.LinkSessionRequest()
     idem = _idempotent(request, party_ref, key, payload)
-    return render(await service.create_link_session(party_ref, payload, idem))
+    return render(
+        await funding.create_link_session(session, bakkt, terms, party_ref, payload, idem)
+    )
 
 
 @router.post(
@@ -257,7 +271,9 @@ async def link_bank_account(
     request: Request,
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
-    service: Service,
+    session: Session,
+    bakkt: Bakkt,
+    terms: Terms,
     body: schemas.BankAccountLinkRequest,
 ) -> JSONResponse:
     shape = body.shape()
@@ -266,7 +282,7 @@ async def link_bank_account(
         missing = {"type": "missing", "loc": ("body", "processorToken"), "msg": "Field required"}
         raise RequestValidationError([missing])
     idem = _idempotent(request, party_ref, key, shape)
-    return render(await service.link_bank_account(party_ref, shape, idem))
+    return render(await funding.link_bank_account(session, bakkt, terms, party_ref, shape, idem))
 
 
 @router.get(
@@ -275,8 +291,8 @@ async def link_bank_account(
     summary="The party's bank accounts and their link status, newest first",
     responses=_responses(success=200, description="The bank accounts"),
 )
-async def list_bank_accounts(party_ref: PartyRef, service: Service) -> schemas.BankAccountList:
-    return await service.list_bank_accounts(party_ref)
+async def list_bank_accounts(party_ref: PartyRef, session: Session) -> schemas.BankAccountList:
+    return await funding.list_bank_accounts(session, party_ref)
 
 
 @router.get(
@@ -287,10 +303,10 @@ async def list_bank_accounts(party_ref: PartyRef, service: Service) -> schemas.B
 )
 async def get_bank_account(
     party_ref: PartyRef,
-    service: Service,
+    session: Session,
     bank_account_id: Annotated[uuid.UUID, Path(alias="bankAccountId")],
 ) -> schemas.BankAccountDetail:
-    return await service.get_bank_account(party_ref, bank_account_id)
+    return await funding.get_bank_account(session, party_ref, bank_account_id)
 
 
 @router.delete(
@@ -317,11 +333,13 @@ async def unlink_bank_account(
     request: Request,
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
-    service: Service,
+    session: Session,
+    bakkt: Bakkt,
+    terms: Terms,
     bank_account_id: Annotated[uuid.UUID, Path(alias="bankAccountId")],
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, None)
-    return render(await service.unlink(party_ref, bank_account_id, idem))
+    return render(await funding.unlink(session, bakkt, terms, party_ref, bank_account_id, idem))
 
 
 _TRANSFER_RESPONSES = (
@@ -353,7 +371,10 @@ async def deposit(
     request: Request,
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
-    service: Service,
+    session: Session,
+    bakkt: Bakkt,
+    settings: AppSettings,
+    terms: Terms,
     body: schemas.DepositRequest,
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, body)
@@ -363,7 +384,7 @@ async def deposit(
         amount=body.amount,
         bank_account_id=body.bank_account_id,
     )
-    return render(await service.transfer(party_ref, intent, idem))
+    return render(await funding.transfer(session, bakkt, settings, terms, party_ref, intent, idem))
 
 
 @router.post(
@@ -382,7 +403,10 @@ async def withdraw(
     request: Request,
     party_ref: PartyRef,
     key: IdempotencyKeyValue,
-    service: Service,
+    session: Session,
+    bakkt: Bakkt,
+    settings: AppSettings,
+    terms: Terms,
     body: Annotated[schemas.WithdrawalRequest, Body()],
 ) -> JSONResponse:
     idem = _idempotent(request, party_ref, key, body)
@@ -400,7 +424,7 @@ async def withdraw(
             amount=body.amount,
             bank_account_id=body.bank_account_id,
         )
-    return render(await service.transfer(party_ref, intent, idem))
+    return render(await funding.transfer(session, bakkt, settings, terms, party_ref, intent, idem))
 
 
 @router.get(
@@ -412,9 +436,9 @@ async def withdraw(
     responses=_responses(InvalidCursor, success=200, description="One page"),
 )
 async def list_transactions(
-    party_ref: PartyRef, service: Service, query: Annotated[schemas.TransactionQuery, Query()]
+    party_ref: PartyRef, session: Session, query: Annotated[schemas.TransactionQuery, Query()]
 ) -> schemas.TransactionPage:
-    return await service.list_transactions(party_ref, query)
+    return await funding.list_transactions(session, party_ref, query)
 
 
 @router.get(
@@ -425,10 +449,10 @@ async def list_transactions(
 )
 async def get_transaction(
     party_ref: PartyRef,
-    service: Service,
+    session: Session,
     transaction_id: Annotated[uuid.UUID, Path(alias="transactionId")],
 ) -> schemas.TransactionDetail:
-    return await service.get_transaction(party_ref, transaction_id)
+    return await funding.get_transaction(session, party_ref, transaction_id)
 
 
 @router.get(
@@ -443,8 +467,8 @@ async def get_transaction(
         success_headers=("Cache-Control",),
     ),
 )
-async def balance(party_ref: PartyRef, service: Service, response: Response) -> schemas.BalanceOut:
-    result = await service.balance(party_ref)
+async def balance(party_ref: PartyRef, bakkt: Bakkt, response: Response) -> schemas.BalanceOut:
+    result = await funding.balance(bakkt, party_ref)
     response.headers["Cache-Control"] = "no-store"
     return result
 
@@ -466,9 +490,9 @@ async def balance(party_ref: PartyRef, service: Service, response: Response) -> 
     ),
 )
 async def wire_instructions(
-    party_ref: PartyRef, service: Service, response: Response
+    party_ref: PartyRef, session: Session, bakkt: Bakkt, response: Response
 ) -> schemas.WireInstructionsOut:
-    result = await service.wire_instructions(party_ref)
+    result = await funding.wire_instructions(session, bakkt, party_ref)
     response.headers["Cache-Control"] = "no-store"
     return result
 
@@ -488,5 +512,5 @@ _REASON_TABLE = "\n".join(f"| `{r.code}` | {r.meaning} | {r.effect} |" for r in 
     "| reasonCode | meaning | effect |\n|---|---|---|\n" + _REASON_TABLE,
     responses=_responses(success=200, description="The party"),
 )
-async def get_party(party_ref: PartyRef, service: Service) -> schemas.PartyOut:
-    return await service.get_party(party_ref)
+async def get_party(party_ref: PartyRef, session: Session) -> schemas.PartyOut:
+    return await funding.get_party(session, party_ref)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,10 +38,11 @@ from app.bakkt import (
 from app.bakkt import WireDestination as BakktWireDestination
 from app.config import Settings
 from app.core.clock import db_now, utcnow
+from app.core.metrics import METRICS
 from app.core.money import format_dollars, to_cents
+from app.db import outside_transaction
 from app.errors import (
     AppError,
-    problem_body,
 )
 from app.funding import repository as repo
 from app.funding import schemas
@@ -83,8 +84,14 @@ from app.funding.state import record_creation, transition
 from app.funding.transfer import transfer_request
 from app.funding.views import bank_account_out, party_out, transaction_out
 from app.idempotency import service as idempotency
-from app.idempotency.http import IdempotentResponse
-from app.idempotency.service import IdempotentRequest, KeyClaim, Replay
+from app.idempotency.answers import Accepted, Answer, Created, Done, InProgress, Rejected, Result
+from app.idempotency.service import (
+    ClaimTaken,
+    ClaimTerms,
+    IdempotencyRequestInProgress,
+    IdempotentRequest,
+    KeyClaim,
+)
 
 log = logging.getLogger("app.funding")
 
@@ -128,12 +135,12 @@ class TransferIntent:
 
 
 @dataclass(frozen=True, slots=True)
-class _Accepted:
+class _Submitted:
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class _Rejected:
+class _Refused:
     error: BakktRejected
 
 
@@ -146,7 +153,7 @@ class _Unsettled:
     check_after: timedelta
 
 
-_SubmitResult = _Accepted | _Rejected | _Unsettled
+_SubmitResult = _Submitted | _Refused | _Unsettled
 
 
 def encode_cursor(txn: Transaction) -> str:
@@ -175,700 +182,743 @@ def _below_minimum(minimum: Decimal) -> AppError:
     )
 
 
-class FundingService:
-    def __init__(
-        self,
-        session: AsyncSession,
-        bakkt: BakktClient,
-        settings: Settings,
-        *,
-        process_id: uuid.UUID | None = None,
-    ) -> None:
-        self.session = session
-        self.bakkt = bakkt
-        self.settings = settings
-        self.lease = idempotency.lease_for(settings)
-        self.key_ttl = timedelta(days=settings.idempotency_ttl_days)
-        # Claims name this process, so a retry after it dies need not wait out the lease.
-        self.holder = idempotency.holder_for(settings, process_id)
+async def _finish(session: AsyncSession, claim: KeyClaim, answer: Answer) -> Answer:
+    answer = await idempotency.finish(session, claim, answer)
+    await session.commit()
+    return answer
 
-    async def _claim(self, idem: IdempotentRequest) -> KeyClaim | Replay:
-        return await idempotency.claim(
-            self.session, idem, lease=self.lease, ttl=self.key_ttl, holder=self.holder
+
+# --- party rules --------------------------------------------------------------------------------
+
+
+def _gate(party: Party, direction: Direction) -> None:
+    """Refuse before Bakkt is called: only an ACTIVE party deposits or links; a LIQUIDATED
+    one may still withdraw what it holds."""
+    status = party.status
+    if status == PartyStatus.ACTIVE:
+        return
+    if status == PartyStatus.LIQUIDATED and direction is Direction.WITHDRAWAL:
+        return
+    extra: dict[str, object] = {"partyStatus": status, **reason_fields(party.status_reason)}
+    if party.verification_url is not None:
+        extra["verificationUrl"] = party.verification_url
+        extra["verificationUrlExpiresAt"] = (
+            party.verification_url_expires_at.isoformat()
+            if party.verification_url_expires_at
+            else None
         )
+    if status == PartyStatus.SUSPENDED:
+        raise PartySuspended("The account is suspended.", extra=extra)
+    action = "deposit or link a bank account" if direction is Direction.DEPOSIT else "withdraw"
+    raise PartyNotActive(f"An account with status {status} may not {action}.", extra=extra)
 
-    async def _finish(self, claim: KeyClaim, status: int, body: Any) -> IdempotentResponse:
-        stored_status, stored_body = await idempotency.finish(self.session, claim, status, body)
-        await self.session.commit()
-        return IdempotentResponse(stored_status, stored_body)
 
-    # --- party rules ----------------------------------------------------------------------------
+async def _check_limits(
+    session: AsyncSession,
+    settings: Settings,
+    party_ref: str,
+    direction: Direction,
+    amount_cents: int,
+) -> datetime:
+    """Per transaction, per rolling 24 hours and per rolling 30 days, by direction. The
+    caller holds the party row lock, so the sums cannot change under it. Returns the
+    database's clock the windows were judged at: the new transaction's `created_at`."""
+    usage = await repo.limit_usage(session, party_ref, direction)
+    cfg = settings
 
-    @staticmethod
-    def _gate(party: Party, direction: Direction) -> None:
-        """Refuse before Bakkt is called: only an ACTIVE party deposits or links; a LIQUIDATED
-        one may still withdraw what it holds."""
-        status = party.status
-        if status == PartyStatus.ACTIVE:
-            return
-        if status == PartyStatus.LIQUIDATED and direction is Direction.WITHDRAWAL:
-            return
-        extra: dict[str, object] = {"partyStatus": status, **reason_fields(party.status_reason)}
-        if party.verification_url is not None:
-            extra["verificationUrl"] = party.verification_url
-            extra["verificationUrlExpiresAt"] = (
-                party.verification_url_expires_at.isoformat()
-                if party.verification_url_expires_at
-                else None
+    def pick(own: int | None, default: Decimal) -> int:
+        return own if own is not None else to_cents(default)
+
+    per_tx = pick(usage.per_transaction_cents, cfg.default_limit_per_transaction)
+    per_day = pick(usage.per_day_cents, cfg.default_limit_per_day)
+    per_30 = pick(usage.per_30_days_cents, cfg.default_limit_per_30_days)
+    if amount_cents > per_tx:
+        raise _limit_error("perTransaction", per_tx, per_tx)
+    for name, limit, used in (
+        ("perDay", per_day, usage.used_day_cents),
+        ("per30Days", per_30, usage.used_30_days_cents),
+    ):
+        if used + amount_cents > limit:
+            raise _limit_error(name, limit, max(limit - used, 0))
+    return usage.now
+
+
+def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"The amount exceeds the {name} limit of {format_dollars(limit)} USD "
+        f"({format_dollars(available)} USD available now).",
+        extra={
+            "limit": name,
+            "limitAmount": format_dollars(limit),
+            "available": format_dollars(available),
+        },
+    )
+
+
+async def _usable_bank_account(
+    session: AsyncSession, party_ref: str, account_id: uuid.UUID | None, direction: Direction
+) -> BankAccount:
+    """The party's current account, the one Bakkt's `/transfer` will use (it names none).
+    A request naming another one is refused rather than recorded against an account that
+    no money moves through."""
+    account = await repo.linked_bank_account(session, party_ref)
+    named = None
+    if account_id is not None and (account is None or account.id != account_id):
+        named = await repo.get_bank_account(session, party_ref, account_id)
+        if named is None:
+            raise UnknownBankAccount("No bank account with this id for this account.")
+        if named.status == BankAccountStatus.REPLACED:
+            raise BankAccountReplaced(
+                "A later link replaced this bank account; Bakkt moves money through the "
+                "current one only. Name that one, or none.",
+                extra={
+                    "bankAccountId": str(named.id),
+                    "currentBankAccountId": str(account.id) if account else None,
+                },
             )
-        if status == PartyStatus.SUSPENDED:
-            raise PartySuspended("The account is suspended.", extra=extra)
-        action = "deposit or link a bank account" if direction is Direction.DEPOSIT else "withdraw"
-        raise PartyNotActive(f"An account with status {status} may not {action}.", extra=extra)
-
-    async def _check_limits(
-        self, party_ref: str, direction: Direction, amount_cents: int
-    ) -> datetime:
-        """Per transaction, per rolling 24 hours and per rolling 30 days, by direction. The
-        caller holds the party row lock, so the sums cannot change under it. Returns the
-        database's clock the windows were judged at: the new transaction's `created_at`."""
-        usage = await repo.limit_usage(self.session, party_ref, direction)
-        cfg = self.settings
-
-        def pick(own: int | None, default: Decimal) -> int:
-            return own if own is not None else to_cents(default)
-
-        per_tx = pick(usage.per_transaction_cents, cfg.default_limit_per_transaction)
-        per_day = pick(usage.per_day_cents, cfg.default_limit_per_day)
-        per_30 = pick(usage.per_30_days_cents, cfg.default_limit_per_30_days)
-        if amount_cents > per_tx:
-            raise self._limit_error("perTransaction", per_tx, per_tx)
-        for name, limit, used in (
-            ("perDay", per_day, usage.used_day_cents),
-            ("per30Days", per_30, usage.used_30_days_cents),
-        ):
-            if used + amount_cents > limit:
-                raise self._limit_error(name, limit, max(limit - used, 0))
-        return usage.now
-
-    @staticmethod
-    def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
-        return LimitExceeded(
-            f"The amount exceeds the {name} limit of {format_dollars(limit)} USD "
-            f"({format_dollars(available)} USD available now).",
-            extra={
-                "limit": name,
-                "limitAmount": format_dollars(limit),
-                "available": format_dollars(available),
-            },
-        )
-
-    async def _usable_bank_account(
-        self, party_ref: str, account_id: uuid.UUID | None, direction: Direction
-    ) -> BankAccount:
-        """The party's current account, the one Bakkt's `/transfer` will use (it names none).
-        A request naming another one is refused rather than recorded against an account that
-        no money moves through."""
-        account = await repo.linked_bank_account(self.session, party_ref)
-        named = None
-        if account_id is not None and (account is None or account.id != account_id):
-            named = await repo.get_bank_account(self.session, party_ref, account_id)
-            if named is None:
-                raise UnknownBankAccount("No bank account with this id for this account.")
-            if named.status == BankAccountStatus.REPLACED:
-                raise BankAccountReplaced(
-                    "A later link replaced this bank account; Bakkt moves money through the "
-                    "current one only. Name that one, or none.",
-                    extra={
-                        "bankAccountId": str(named.id),
-                        "currentBankAccountId": str(account.id) if account else None,
-                    },
-                )
+    if account is None:
+        account = named or await _newest_unusable(session, party_ref)
         if account is None:
-            account = named or await self._newest_unusable(party_ref)
-            if account is None:
-                raise NoLinkedBankAccount("Link a bank account before moving money by ACH.")
-        elif named is not None:
-            # The current account is LINKED and another one was named (PENDING, FAILED...).
-            account = named
-        if account.status == BankAccountStatus.PENDING:
-            raise BankAccountLinkPending(
-                "The bank account's link has not been confirmed by Bakkt yet; retry shortly.",
-                extra={"bankAccountId": str(account.id)},
-                retry_after=LINK_PENDING_RETRY_AFTER,
-            )
-        if account.status == BankAccountStatus.DISABLED:
-            raise BankAccountDisabled(
-                "An operator has disabled this bank account."
-                if account.reason_code == repo.OPERATOR_DISABLED
-                else "An ACH return showed this bank account cannot be used. Link another one.",
-                extra={"bankAccountId": str(account.id), "reasonCode": account.reason_code},
-            )
-        if account.status != BankAccountStatus.LINKED:
-            raise BankAccountNotLinked(
-                f"The bank account is {account.status}, not LINKED.",
-                extra={"bankAccountId": str(account.id)},
-            )
-        # A disputed debit (R05, R07, R10, R29) puts the account under review: no more pulls
-        # from it until an operator clears it; paying money out to it stays possible.
-        if account.needs_review and direction is Direction.DEPOSIT:
-            raise BankAccountUnderReview(
-                "Deposits from this bank account are paused while it is reviewed.",
-                extra={"bankAccountId": str(account.id)},
-            )
-        return account
+            raise NoLinkedBankAccount("Link a bank account before moving money by ACH.")
+    elif named is not None:
+        # The current account is LINKED and another one was named (PENDING, FAILED...).
+        account = named
+    if account.status == BankAccountStatus.PENDING:
+        raise BankAccountLinkPending(
+            "The bank account's link has not been confirmed by Bakkt yet; retry shortly.",
+            extra={"bankAccountId": str(account.id)},
+            retry_after=LINK_PENDING_RETRY_AFTER,
+        )
+    if account.status == BankAccountStatus.DISABLED:
+        raise BankAccountDisabled(
+            "An ACH return showed this bank account cannot be used. Link another one.",
+            extra={"bankAccountId": str(account.id), "reasonCode": account.reason_code},
+        )
+    if account.status != BankAccountStatus.LINKED:
+        raise BankAccountNotLinked(
+            f"The bank account is {account.status}, not LINKED.",
+            extra={"bankAccountId": str(account.id)},
+        )
+    # A disputed debit (R05, R07, R10, R29) puts the account under review: no more pulls
+    # from it until an operator clears it; paying money out to it stays possible.
+    if account.needs_review and direction is Direction.DEPOSIT:
+        raise BankAccountUnderReview(
+            "Deposits from this bank account are paused while it is reviewed.",
+            extra={"bankAccountId": str(account.id)},
+        )
+    return account
 
-    async def _newest_unusable(self, party_ref: str) -> BankAccount | None:
-        """Why there is no current account: a link Bakkt has and will answer by webhook (Plaid,
-        account details) says more than a DISABLED account, which says more than nothing. A
-        hosted link session stays PENDING also when the consumer never finishes the page, so
-        it does not count."""
-        return await repo.newest_sent_link(
-            self.session, party_ref, [LinkMethod.PLAID, LinkMethod.ACCOUNT_DETAILS]
-        ) or await repo.newest_bank_account(self.session, party_ref, [BankAccountStatus.DISABLED])
 
-    # --- the money path -------------------------------------------------------------------------
+async def _newest_unusable(session: AsyncSession, party_ref: str) -> BankAccount | None:
+    """Why there is no current account: a link Bakkt has and will answer by webhook (Plaid,
+    account details) says more than a DISABLED account, which says more than nothing. A
+    hosted link session stays PENDING also when the consumer never finishes the page, so
+    it does not count."""
+    return await repo.newest_sent_link(
+        session, party_ref, [LinkMethod.PLAID, LinkMethod.ACCOUNT_DETAILS]
+    ) or await repo.newest_bank_account(session, party_ref, [BankAccountStatus.DISABLED])
 
-    async def transfer(
-        self, party_ref: str, intent: TransferIntent, idem: IdempotentRequest
-    ) -> IdempotentResponse:
-        claimed = await self._claim(idem)
-        if isinstance(claimed, Replay):
-            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
-        if claimed.transaction_id is None:
-            breaker = self.bakkt.breaker
-            if breaker is not None and breaker.is_open():
-                # Bakkt is down: answer at once and write nothing (docs/recovery.md), instead of
-                # piling up intents whose calls would only fail; the key stays usable.
-                await idempotency.release_quietly(self.session, claimed)
-                raise BakktUnavailableProblem(
-                    "Bakkt cannot be reached right now; retry with the same Idempotency-Key.",
-                    retry_after=max(1, math.ceil(breaker.retry_after())),
-                )
-            try:
-                txn = await self._write_intent(party_ref, intent, claimed)
-            except Exception:
-                # Nothing was written: the same key may be used again at once.
-                await idempotency.release_quietly(self.session, claimed)
-                raise
-        else:
-            found = await repo.get_transaction(self.session, party_ref, claimed.transaction_id)
-            if found is None:  # pragma: no cover - the key and its transaction commit together
-                raise RuntimeError(f"idempotency key points at missing {claimed.transaction_id}")
-            txn = found
-            await self.session.commit()
-            if txn.status not in (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN):
-                # A webhook or recovery settled it while nobody held the key: report it as is.
-                return await self._record_outcome(claimed, txn.id, None, idem.path)
-            log.info("resuming transfer %s from a stale idempotency claim", txn.id)
+
+# --- the money path -------------------------------------------------------------------------
+
+
+async def transfer(
+    session: AsyncSession,
+    bakkt: BakktClient,
+    settings: Settings,
+    terms: ClaimTerms,
+    party_ref: str,
+    intent: TransferIntent,
+    idem: IdempotentRequest,
+) -> Result:
+    """A deposit or a withdrawal: accepted (the transaction, PENDING or UNKNOWN), rejected by
+    Bakkt, the stored answer replayed, or in progress elsewhere. Bad input and a closed door
+    (limits, the party's status, the bank account, Bakkt down) raise before anything is
+    written, and leave the key usable."""
+    claimed = await idempotency.claim(session, idem, terms)
+    if not isinstance(claimed, KeyClaim):
+        return claimed
+    if claimed.transaction_id is None:
+        breaker = bakkt.breaker
+        if breaker is not None and breaker.is_open():
+            # Bakkt is down: answer at once and write nothing (docs/recovery.md), instead of
+            # piling up intents whose calls would only fail; the key stays usable.
+            await idempotency.release_quietly(session, claimed)
+            raise BakktUnavailableProblem(
+                "Bakkt cannot be reached right now; retry with the same Idempotency-Key.",
+                retry_after=max(1, math.ceil(breaker.retry_after())),
+            )
         try:
-            result = await self._submit(txn, intent.wire)
-            return await self._record_outcome(claimed, txn.id, result, idem.path)
+            txn = await _write_intent(session, settings, terms, party_ref, intent, claimed)
+        except ClaimTaken as lost:
+            await idempotency.release_quietly(session, claimed)
+            return lost.in_progress
         except Exception:
-            await idempotency.end_lease_quietly(self.session, claimed)
+            # Nothing was written: the same key may be used again at once.
+            await idempotency.release_quietly(session, claimed)
             raise
-
-    async def _write_intent(
-        self, party_ref: str, intent: TransferIntent, claimed: KeyClaim
-    ) -> Transaction:
-        session = self.session
-        party = await repo.lock_party_for_money(session, party_ref)
-        self._gate(party, intent.direction)
-        if (
-            intent.direction is Direction.WITHDRAWAL
-            and intent.method is TransactionMethod.ACH
-            and intent.amount < ACH_WITHDRAWAL_MINIMUM
-        ):
-            raise _below_minimum(ACH_WITHDRAWAL_MINIMUM)
-        account = None
-        if intent.method is TransactionMethod.ACH:
-            account = await self._usable_bank_account(
-                party_ref, intent.bank_account_id, intent.direction
-            )
-        amount_cents = to_cents(intent.amount)
-        now = await self._check_limits(party_ref, intent.direction, amount_cents)
-        txn_id = uuid.uuid4()
-        wire = intent.wire
-        txn = Transaction(
-            id=txn_id,
-            party_ref=party_ref,
-            type=TransactionType(intent.direction),
-            method=intent.method,
-            origin=TransactionOrigin.PARTNER,
-            status=TransactionStatus.SUBMITTING,
-            amount_cents=amount_cents,
-            currency="USD",
-            bakkt_ref=str(txn_id),
-            bakkt_idempotency_key=str(uuid.uuid5(_BAKKT_KEY_NAMESPACE, str(txn_id))),
-            bank_account_id=account.id if account else None,
-            wire_bank_name=wire.bank_name if wire else None,
-            wire_account_mask=wire.account_number.get_secret_value()[-4:] if wire else None,
-            submit_attempts=1,
-            # Recovery leaves it alone while this request may still be talking to Bakkt.
-            next_check_at=now + self.lease,
-            # The page cursor and the limit windows order by it: the database's clock.
-            created_at=now,
-            updated_at=now,
-        )
-        repo.add_transaction(session, txn)
-        await session.flush()
-        record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
-        await idempotency.record_intent(session, claimed, txn.id)
+    else:
+        found = await repo.get_transaction(session, party_ref, claimed.transaction_id)
+        if found is None:  # pragma: no cover - the key and its transaction commit together
+            raise RuntimeError(f"idempotency key points at missing {claimed.transaction_id}")
+        txn = found
         await session.commit()
-        return txn
+        if txn.status not in (TransactionStatus.SUBMITTING, TransactionStatus.UNKNOWN):
+            # A webhook or recovery settled it while nobody held the key: report it as is.
+            return await _record_outcome(session, claimed, txn.id, None, idem.path)
+        log.info("resuming transfer %s from a stale idempotency claim", txn.id)
+    try:
+        result = await _submit(bakkt, txn, intent.wire)
+        return await _record_outcome(session, claimed, txn.id, result, idem.path)
+    except Exception:
+        await idempotency.end_lease_quietly(session, claimed)
+        raise
 
-    async def _submit(
-        self, txn: Transaction, wire: schemas.WireDestination | None
-    ) -> _SubmitResult:
-        request = transfer_request(
-            party_ref=txn.party_ref,
-            bakkt_ref=txn.bakkt_ref,
-            idempotency_key=cast(str, txn.bakkt_idempotency_key),
-            type_=txn.type,
-            method=cast(str, txn.method),
-            amount_cents=txn.amount_cents,
-            currency=txn.currency,
-            wire=None
-            if wire is None
-            else BakktWireDestination(
-                routing_number=wire.routing_number,
-                account_number=wire.account_number.get_secret_value(),
-                bank_name=wire.bank_name,
-                bank_address=wire.bank_address,
-                swift_code=wire.swift_code,
-            ),
+
+async def _write_intent(
+    session: AsyncSession,
+    settings: Settings,
+    terms: ClaimTerms,
+    party_ref: str,
+    intent: TransferIntent,
+    claimed: KeyClaim,
+) -> Transaction:
+    party = await repo.lock_party_for_money(session, party_ref)
+    _gate(party, intent.direction)
+    if (
+        intent.direction is Direction.WITHDRAWAL
+        and intent.method is TransactionMethod.ACH
+        and intent.amount < ACH_WITHDRAWAL_MINIMUM
+    ):
+        raise _below_minimum(ACH_WITHDRAWAL_MINIMUM)
+    account = None
+    if intent.method is TransactionMethod.ACH:
+        account = await _usable_bank_account(
+            session, party_ref, intent.bank_account_id, intent.direction
         )
-        try:
-            await self.bakkt.transfer(request)
-        except BakktRejected as exc:
-            return _Rejected(exc)
-        except BakktOutcomeUnknown as exc:
-            return _Unsettled(f"outcome unknown: {exc.last_error}", CHECK_UNKNOWN_AFTER)
-        except BakktRateLimited as exc:
-            wait = timedelta(seconds=exc.retry_after or CHECK_UNKNOWN_AFTER.total_seconds())
-            return _Unsettled("not sent: Bakkt rate limited it", max(wait, CHECK_UNKNOWN_AFTER))
-        except BakktError as exc:
-            return _Unsettled(f"not sent: {type(exc).__name__}", CHECK_UNKNOWN_AFTER)
-        return _Accepted()
+    amount_cents = to_cents(intent.amount)
+    now = await _check_limits(session, settings, party_ref, intent.direction, amount_cents)
+    txn_id = uuid.uuid4()
+    wire = intent.wire
+    # Every column, since the row is written by one statement, not by the session's flush.
+    txn = Transaction(
+        id=txn_id,
+        party_ref=party_ref,
+        type=TransactionType(intent.direction),
+        method=intent.method,
+        origin=TransactionOrigin.PARTNER,
+        status=TransactionStatus.SUBMITTING,
+        amount_cents=amount_cents,
+        currency="USD",
+        reason_code=None,
+        reason_description=None,
+        bakkt_ref=str(txn_id),
+        bakkt_idempotency_key=str(uuid.uuid5(_BAKKT_KEY_NAMESPACE, str(txn_id))),
+        related_transaction_id=None,
+        bank_account_id=account.id if account else None,
+        wire_bank_name=wire.bank_name if wire else None,
+        wire_account_mask=wire.account_number.get_secret_value()[-4:] if wire else None,
+        held_for_review=False,
+        review_reason=None,
+        status_event_time=None,
+        submit_attempts=1,
+        # Recovery leaves it alone while this request may still be talking to Bakkt.
+        next_check_at=now + terms.lease,
+        check_attempts=0,
+        # The page cursor and the limit windows order by it: the database's clock.
+        created_at=now,
+        updated_at=now,
+    )
+    # The intent and the claim's pointer to it, one statement. Nothing written: another holder
+    # of the claim (a live one believed gone) wrote its intent first.
+    if not await repo.insert_intent(session, txn, key_id=claimed.key_id):
+        METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
+        raise ClaimTaken()
+    record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
+    await session.commit()
+    return txn
 
-    async def _record_outcome(
-        self,
-        claimed: KeyClaim,
-        txn_id: uuid.UUID,
-        result: _SubmitResult | None,
-        instance: str,
-    ) -> IdempotentResponse:
-        session = self.session
-        txn = await repo.lock_transaction(session, txn_id)
-        if txn is None:  # pragma: no cover - transactions are never deleted
-            raise RuntimeError(f"transaction {txn_id} vanished")
-        now = utcnow()
-        if result is not None and claimed.resumed:
-            txn.submit_attempts += 1
-        if isinstance(result, _Accepted):
-            transition(
-                session,
-                txn,
-                TransactionStatus.PENDING,
-                source=HistorySource.API,
-                note="accepted by Bakkt",
-            )
-            if txn.status == TransactionStatus.PENDING:
-                txn.next_check_at = now + CHECK_PENDING_AFTER
-        elif isinstance(result, _Unsettled):
-            moved = transition(
-                session, txn, TransactionStatus.UNKNOWN, source=HistorySource.API, note=result.note
-            )
-            if moved:
-                txn.next_check_at = now + result.check_after
-        elif isinstance(result, _Rejected):
-            exc = result.error
-            moved = transition(
-                session,
-                txn,
-                TransactionStatus.FAILED,
-                source=HistorySource.API,
-                reason_code=exc.code,
-                reason_description=exc.consumer_message,
-                note=f"rejected by Bakkt: {exc.status} {exc.bakkt_type}",
-            )
-            if moved:
-                txn.next_check_at = None
-                log.info("transfer %s rejected by Bakkt: %s", txn.id, exc.bakkt_type)
-                detail, extra = exc.consumer_message, {"transactionId": str(txn.id)}
-                if exc.code == "below_minimum":
-                    # Bakkt's minimum is above ours: name the one it gave, when it gave one.
-                    found = _BAKKT_MINIMUM.search(exc.description or "")
-                    if found is not None:
-                        named = _below_minimum(Decimal(found.group(1)))
-                        detail, extra = named.detail, {**extra, **named.extra}
-                body = problem_body(
-                    status=exc.http_status,
-                    code=exc.code,
-                    title=BAKKT_REJECTIONS[exc.code].title,
-                    detail=detail,
-                    instance=instance,
-                    extra=extra,
-                )
-                if exc.http_status >= 500:
-                    # Our set-up is at fault, not the request: nothing is stored, so the same
-                    # key works again once an operator has fixed it.
-                    await idempotency.forget(session, claimed)
-                    await session.commit()
-                    return IdempotentResponse(exc.http_status, body)
-                return await self._finish(claimed, exc.http_status, body)
-        log.info("transfer %s is %s", txn.id, txn.status)
-        return await self._finish(claimed, 202, schemas.dump(transaction_out(txn)))
 
-    # --- bank accounts --------------------------------------------------------------------------
+async def _submit(
+    bakkt: BakktClient, txn: Transaction, wire: schemas.WireDestination | None
+) -> _SubmitResult:
+    request = transfer_request(
+        party_ref=txn.party_ref,
+        bakkt_ref=txn.bakkt_ref,
+        idempotency_key=cast(str, txn.bakkt_idempotency_key),
+        type_=txn.type,
+        method=cast(str, txn.method),
+        amount_cents=txn.amount_cents,
+        currency=txn.currency,
+        wire=None
+        if wire is None
+        else BakktWireDestination(
+            routing_number=wire.routing_number,
+            account_number=wire.account_number.get_secret_value(),
+            bank_name=wire.bank_name,
+            bank_address=wire.bank_address,
+            swift_code=wire.swift_code,
+        ),
+    )
+    try:
+        await bakkt.transfer(request)
+    except BakktRejected as exc:
+        return _Refused(exc)
+    except BakktOutcomeUnknown as exc:
+        return _Unsettled(f"outcome unknown: {exc.last_error}", CHECK_UNKNOWN_AFTER)
+    except BakktRateLimited as exc:
+        wait = timedelta(seconds=exc.retry_after or CHECK_UNKNOWN_AFTER.total_seconds())
+        return _Unsettled("not sent: Bakkt rate limited it", max(wait, CHECK_UNKNOWN_AFTER))
+    except BakktError as exc:
+        return _Unsettled(f"not sent: {type(exc).__name__}", CHECK_UNKNOWN_AFTER)
+    return _Submitted()
 
-    def _link_account_id(self, claimed: KeyClaim) -> uuid.UUID:
-        return uuid.uuid5(_LINK_NAMESPACE, f"{claimed.key_id}:{claimed.created_at.isoformat()}")
 
-    async def _write_link(
-        self,
-        party_ref: str,
-        claimed: KeyClaim,
-        method: LinkMethod,
-        known: tuple[str, str] | None = None,
-    ) -> BankAccount:
-        session = self.session
-        party = await repo.lock_or_create_party(session, party_ref)
-        self._gate(party, Direction.DEPOSIT)
-        account_id = self._link_account_id(claimed)
-        now = await db_now(session)
-        account = BankAccount(
-            id=account_id,
-            party_ref=party_ref,
-            # What Bakkt's BANK_ACCOUNT_LINK webhook will carry as partnerTransactionRef.
-            link_ref=str(account_id),
-            link_method=method,
-            status=BankAccountStatus.PENDING,
-            # Linking by account details: the last 4 digits and the type are known at once.
-            account_mask=known[0] if known else None,
-            account_type=known[1] if known else None,
-            created_at=now,
-            updated_at=now,
-        )
-        repo.add_bank_account(session, account)
-        await session.flush()
-        repo.add_bank_account_history(
+async def _record_outcome(
+    session: AsyncSession,
+    claimed: KeyClaim,
+    txn_id: uuid.UUID,
+    result: _SubmitResult | None,
+    instance: str,
+) -> Answer:
+    txn = await repo.lock_transaction(session, txn_id)
+    if txn is None:  # pragma: no cover - transactions are never deleted
+        raise RuntimeError(f"transaction {txn_id} vanished")
+    now = utcnow()
+    if result is not None and claimed.resumed:
+        txn.submit_attempts += 1
+    if isinstance(result, _Submitted):
+        transition(
             session,
-            account_id=account_id,
-            from_status=None,
-            to_status=BankAccountStatus.PENDING,
+            txn,
+            TransactionStatus.PENDING,
             source=HistorySource.API,
-            note=f"link requested ({method})",
+            note="accepted by Bakkt",
         )
-        await idempotency.record_intent(session, claimed, None)
-        await session.commit()
-        return account
-
-    async def _resume_or_write_link(
-        self,
-        party_ref: str,
-        claimed: KeyClaim,
-        method: LinkMethod,
-        known: tuple[str, str] | None = None,
-    ) -> tuple[BankAccount, bool]:
-        """The link row (written now, or by an earlier holder of the key) and whether it is new."""
-        if claimed.intent_written:
-            account = await repo.get_bank_account(
-                self.session, party_ref, self._link_account_id(claimed)
+        if txn.status == TransactionStatus.PENDING:
+            txn.next_check_at = now + CHECK_PENDING_AFTER
+    elif isinstance(result, _Unsettled):
+        moved = transition(
+            session, txn, TransactionStatus.UNKNOWN, source=HistorySource.API, note=result.note
+        )
+        if moved:
+            txn.next_check_at = now + result.check_after
+    elif isinstance(result, _Refused):
+        exc = result.error
+        moved = transition(
+            session,
+            txn,
+            TransactionStatus.FAILED,
+            source=HistorySource.API,
+            reason_code=exc.code,
+            reason_description=exc.consumer_message,
+            note=f"rejected by Bakkt: {exc.status} {exc.bakkt_type}",
+        )
+        if moved:
+            txn.next_check_at = None
+            log.info("transfer %s rejected by Bakkt: %s", txn.id, exc.bakkt_type)
+            detail, extra = exc.consumer_message, {"transactionId": str(txn.id)}
+            if exc.code == "below_minimum":
+                # Bakkt's minimum is above ours: name the one it gave, when it gave one.
+                found = _BAKKT_MINIMUM.search(exc.description or "")
+                if found is not None:
+                    named = _below_minimum(Decimal(found.group(1)))
+                    detail, extra = named.detail, {**extra, **named.extra}
+            rejected = Rejected.of(
+                BAKKT_REJECTIONS[exc.code](detail, extra=extra), instance=instance
             )
-            await self.session.commit()
-            if account is not None:
-                return account, False
-        try:
-            return await self._write_link(party_ref, claimed, method, known), True
-        except Exception:
-            await idempotency.release_quietly(self.session, claimed)
-            raise
-
-    async def _abandon_link(self, claimed: KeyClaim, account_id: uuid.UUID) -> None:
-        """Bakkt certainly did nothing: drop the row and the claim, so a retry starts afresh."""
-        await self.session.rollback()
-        await repo.delete_bank_account(self.session, account_id)
-        await idempotency.forget(self.session, claimed)
-        await self.session.commit()
-
-    async def create_link_session(
-        self, party_ref: str, body: schemas.LinkSessionRequest, idem: IdempotentRequest
-    ) -> IdempotentResponse:
-        claimed = await self._claim(idem)
-        if isinstance(claimed, Replay):
-            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
-        account, _ = await self._resume_or_write_link(party_ref, claimed, LinkMethod.HOSTED)
-        redirect = str(body.redirect_uri) if body.redirect_uri else None
-        try:
-            # Asking again for a URL is harmless (an unused one expires), so a resumed claim
-            # simply asks again.
-            link = await self.bakkt.create_link_url(party_ref, account.link_ref, redirect)
-        except BakktError as exc:
-            await self._abandon_link(claimed, account.id)
-            raise unavailable_error(exc) from None
-        session_out = schemas.LinkSession(
-            bank_account_id=account.id, link_url=link.url, expires_at=link.expires_at
-        )
-        # Recovery fails the account if the page is abandoned (docs/recovery.md).
-        await repo.set_link_expiry(self.session, account.id, link.expires_at)
-        return await self._finish(claimed, 201, schemas.dump(session_out))
-
-    async def link_bank_account(
-        self,
-        party_ref: str,
-        body: schemas.PlaidLinkRequest | schemas.AccountDetailsLinkRequest,
-        idem: IdempotentRequest,
-    ) -> IdempotentResponse:
-        """Send a link to Bakkt once: a Plaid processor token, or an account's routing and
-        account number. Either way the account is PENDING until the link webhook, and the
-        secret part (token, account number) is passed on and never kept, beyond the account
-        number's last 4 digits."""
-        claimed = await self._claim(idem)
-        if isinstance(claimed, Replay):
-            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
-        if isinstance(body, schemas.PlaidLinkRequest):
-            method, known = LinkMethod.PLAID, None
-        else:
-            number = body.account_number.get_secret_value()
-            method, known = LinkMethod.ACCOUNT_DETAILS, (number[-4:], str(body.account_type))
-        account, new = await self._resume_or_write_link(party_ref, claimed, method, known)
-        if not new:
-            # The earlier holder may have sent the link already, and a link carries no
-            # idempotency key at Bakkt: never send it twice. Its webhook settles the row.
-            return await self._finish(claimed, 202, schemas.dump(bank_account_out(account)))
-        try:
-            if isinstance(body, schemas.PlaidLinkRequest):
-                await self.bakkt.link_plaid(
-                    party_ref, account.link_ref, body.processor_token.get_secret_value()
-                )
-            else:
-                await self.bakkt.link_ach(
-                    party_ref,
-                    account.link_ref,
-                    body.account_number.get_secret_value(),
-                    body.routing_number,
-                    str(body.account_type),
-                )
-        except BakktRejected as exc:
             if exc.http_status >= 500:
-                # Our set-up is at fault, not the link: keep nothing, so a retry can work.
-                await self._abandon_link(claimed, account.id)
-                raise rejection_error(exc) from None
-            status, code, title, detail = (
-                exc.http_status,
-                exc.code,
-                BAKKT_REJECTIONS[exc.code].title,
-                exc.consumer_message,
+                # Our set-up is at fault, not the request: nothing is stored, so the same
+                # key works again once an operator has fixed it.
+                await idempotency.forget(session, claimed)
+                await session.commit()
+                return rejected
+            return await _finish(session, claimed, rejected)
+    log.info("transfer %s is %s", txn.id, txn.status)
+    return await _finish(session, claimed, Accepted(schemas.dump(transaction_out(txn))))
+
+
+# --- bank accounts --------------------------------------------------------------------------
+
+
+def _link_account_id(claimed: KeyClaim) -> uuid.UUID:
+    return uuid.uuid5(_LINK_NAMESPACE, f"{claimed.key_id}:{claimed.created_at.isoformat()}")
+
+
+async def _write_link(
+    session: AsyncSession,
+    party_ref: str,
+    claimed: KeyClaim,
+    method: LinkMethod,
+    known: tuple[str, str] | None = None,
+) -> BankAccount:
+    party = await repo.lock_or_create_party(session, party_ref)
+    _gate(party, Direction.DEPOSIT)
+    account_id = _link_account_id(claimed)
+    now = await db_now(session)
+    account = BankAccount(
+        id=account_id,
+        party_ref=party_ref,
+        # What Bakkt's BANK_ACCOUNT_LINK webhook will carry as partnerTransactionRef.
+        link_ref=str(account_id),
+        link_method=method,
+        status=BankAccountStatus.PENDING,
+        # Linking by account details: the last 4 digits and the type are known at once.
+        account_mask=known[0] if known else None,
+        account_type=known[1] if known else None,
+        created_at=now,
+        updated_at=now,
+    )
+    repo.add_bank_account(session, account)
+    await session.flush()
+    repo.add_bank_account_history(
+        session,
+        account_id=account_id,
+        from_status=None,
+        to_status=BankAccountStatus.PENDING,
+        source=HistorySource.API,
+        note=f"link requested ({method})",
+    )
+    await idempotency.record_intent(session, claimed, None)
+    await session.commit()
+    return account
+
+
+async def _resume_or_write_link(
+    session: AsyncSession,
+    party_ref: str,
+    claimed: KeyClaim,
+    method: LinkMethod,
+    known: tuple[str, str] | None = None,
+) -> tuple[BankAccount, bool] | InProgress:
+    """The link row (written now, or by an earlier holder of the key) and whether it is new."""
+    if claimed.intent_written:
+        account = await repo.get_bank_account(session, party_ref, _link_account_id(claimed))
+        await session.commit()
+        if account is not None:
+            return account, False
+    try:
+        return await _write_link(session, party_ref, claimed, method, known), True
+    except ClaimTaken as lost:
+        await idempotency.release_quietly(session, claimed)
+        return lost.in_progress
+    except Exception:
+        await idempotency.release_quietly(session, claimed)
+        raise
+
+
+async def _abandon_link(session: AsyncSession, claimed: KeyClaim, account_id: uuid.UUID) -> None:
+    """Bakkt certainly did nothing: drop the row and the claim, so a retry starts afresh."""
+    await session.rollback()
+    await repo.delete_bank_account(session, account_id)
+    await idempotency.forget(session, claimed)
+    await session.commit()
+
+
+async def create_link_session(
+    session: AsyncSession,
+    bakkt: BakktClient,
+    terms: ClaimTerms,
+    party_ref: str,
+    body: schemas.LinkSessionRequest,
+    idem: IdempotentRequest,
+) -> Result:
+    """A hosted link page: created (its URL), replayed, or in progress elsewhere."""
+    claimed = await idempotency.claim(session, idem, terms)
+    if not isinstance(claimed, KeyClaim):
+        return claimed
+    written = await _resume_or_write_link(session, party_ref, claimed, LinkMethod.HOSTED)
+    if isinstance(written, InProgress):
+        return written
+    account, _ = written
+    redirect = str(body.redirect_uri) if body.redirect_uri else None
+    try:
+        # Asking again for a URL is harmless (an unused one expires), so a resumed claim
+        # simply asks again.
+        link = await bakkt.create_link_url(party_ref, account.link_ref, redirect)
+    except BakktError as exc:
+        await _abandon_link(session, claimed, account.id)
+        raise unavailable_error(exc) from None
+    session_out = schemas.LinkSession(
+        bank_account_id=account.id, link_url=link.url, expires_at=link.expires_at
+    )
+    # Recovery fails the account if the page is abandoned (docs/recovery.md).
+    await repo.set_link_expiry(session, account.id, link.expires_at)
+    return await _finish(session, claimed, Created(schemas.dump(session_out)))
+
+
+async def link_bank_account(
+    session: AsyncSession,
+    bakkt: BakktClient,
+    terms: ClaimTerms,
+    party_ref: str,
+    body: schemas.PlaidLinkRequest | schemas.AccountDetailsLinkRequest,
+    idem: IdempotentRequest,
+) -> Result:
+    """Send a link to Bakkt once: a Plaid processor token, or an account's routing and
+    account number. Either way the account is PENDING until the link webhook, and the
+    secret part (token, account number) is passed on and never kept, beyond the account
+    number's last 4 digits. Accepted (the account, PENDING), rejected by Bakkt, replayed, or in
+    progress elsewhere."""
+    claimed = await idempotency.claim(session, idem, terms)
+    if not isinstance(claimed, KeyClaim):
+        return claimed
+    if isinstance(body, schemas.PlaidLinkRequest):
+        method, known = LinkMethod.PLAID, None
+    else:
+        number = body.account_number.get_secret_value()
+        method, known = LinkMethod.ACCOUNT_DETAILS, (number[-4:], str(body.account_type))
+    written = await _resume_or_write_link(session, party_ref, claimed, method, known)
+    if isinstance(written, InProgress):
+        return written
+    account, new = written
+    if not new:
+        # The earlier holder may have sent the link already, and a link carries no
+        # idempotency key at Bakkt: never send it twice. Its webhook settles the row.
+        return await _finish(session, claimed, Accepted(schemas.dump(bank_account_out(account))))
+    try:
+        if isinstance(body, schemas.PlaidLinkRequest):
+            await bakkt.link_plaid(
+                party_ref, account.link_ref, body.processor_token.get_secret_value()
             )
-            if code == "relink_required":
-                # Bakkt's "no such item" / "auth not active" on a token it has never seen means
-                # the token itself is bad; relink_required is for a link that worked before.
-                status, code, title = (
-                    InvalidProcessorToken.status_code,
-                    InvalidProcessorToken.code,
-                    InvalidProcessorToken.title,
-                )
-                detail = (
-                    "Bakkt did not accept the processor token (invalid or expired). Create a new "
-                    "one with Plaid's /processor/token/create (processor: bakkt) and send it "
-                    "with a new Idempotency-Key."
-                )
-            locked = await repo.lock_bank_account(self.session, party_ref, account.id)
-            if locked is not None and locked.status == BankAccountStatus.PENDING:
-                repo.add_bank_account_history(
-                    self.session,
-                    account_id=locked.id,
-                    from_status=locked.status,
-                    to_status=BankAccountStatus.FAILED,
-                    source=HistorySource.API,
-                    reason_code=exc.code,
-                    note=f"rejected by Bakkt: {exc.status} {exc.bakkt_type}",
-                )
-                locked.status = BankAccountStatus.FAILED
-                locked.reason_code = code
-                locked.updated_at = utcnow()
-            problem = problem_body(
-                status=status,
-                code=code,
-                title=title,
-                detail=detail,
-                instance=idem.path,
-                extra={"bankAccountId": str(account.id)},
+        else:
+            await bakkt.link_ach(
+                party_ref,
+                account.link_ref,
+                body.account_number.get_secret_value(),
+                body.routing_number,
+                str(body.account_type),
             )
-            return await self._finish(claimed, status, problem)
-        except BakktOutcomeUnknown:
-            # It may have reached Bakkt: the row stays PENDING and the link webhook decides.
-            log.warning("%s link %s: outcome unknown, waiting for its webhook", method, account.id)
-        except BakktError as exc:
-            await self._abandon_link(claimed, account.id)
-            raise unavailable_error(exc) from None
-        # Bakkt's 200 only says it took the link: whether the bank links (and its name and
-        # mask) comes in the BANK_ACCOUNT_LINK webhook, so the account stays PENDING till then.
-        fresh = await repo.get_bank_account(self.session, party_ref, account.id)
-        return await self._finish(claimed, 202, schemas.dump(bank_account_out(fresh or account)))
-
-    async def list_bank_accounts(self, party_ref: str) -> schemas.BankAccountList:
-        rows = await repo.list_bank_accounts(self.session, party_ref)
-        return schemas.BankAccountList(items=[bank_account_out(a) for a in rows])
-
-    async def get_bank_account(
-        self, party_ref: str, account_id: uuid.UUID
-    ) -> schemas.BankAccountDetail:
-        account = await repo.get_bank_account(self.session, party_ref, account_id)
-        if account is None:
-            raise BankAccountNotFound("No bank account with this id.")
-        entries = await repo.bank_account_history(self.session, account.id)
-        return schemas.BankAccountDetail(
-            **bank_account_out(account).model_dump(),
-            history=[
-                schemas.BankAccountHistoryEntryOut(
-                    from_status=BankAccountStatus(h.from_status) if h.from_status else None,
-                    to=BankAccountStatus(h.to_status),
-                    source=h.source,
-                    reason_code=h.reason_code,
-                    event_id=h.event_id,
-                    note=h.note,
-                    at=h.recorded_at,
-                )
-                for h in entries
-            ],
-        )
-
-    async def unlink(
-        self, party_ref: str, account_id: uuid.UUID, idem: IdempotentRequest
-    ) -> IdempotentResponse:
-        """Unlink the party's current account. Bakkt's unlink acts on the current account
-        whatever it is told, so it is called only when `account_id` is that one; any other
-        account is no longer linked at Bakkt, and unlinking it changes nothing."""
-        claimed = await self._claim(idem)
-        if isinstance(claimed, Replay):
-            return IdempotentResponse(claimed.status, claimed.body, replayed=True)
-        try:
-            account = await repo.get_bank_account(self.session, party_ref, account_id)
-            if account is None:
-                raise BankAccountNotFound("No bank account with this id.")
-            if account.status == BankAccountStatus.PENDING:
-                raise BankAccountLinkPending(
-                    "Wait for the link to finish (or fail) before removing it.",
-                    retry_after=LINK_PENDING_RETRY_AFTER,
-                )
-            current = await repo.linked_bank_account(self.session, party_ref)
-        except AppError:
-            await idempotency.release(self.session, claimed)
-            raise
-        # A DISABLED account may still be the one Bakkt holds (not every return code makes
-        # Bakkt unlink it), unless a LINKED one has replaced it since.
-        is_current = account.status == BankAccountStatus.LINKED or (
-            account.status == BankAccountStatus.DISABLED and current is None
-        )
-        if not is_current:
-            return await self._finish(claimed, 200, schemas.dump(bank_account_out(account)))
-        await self.session.commit()
-        try:
-            await self.bakkt.unlink(party_ref, account.link_ref, Instrument.ACH)
-        except BakktRejected as exc:
-            # Bakkt holds no link for the party: what we wanted is already true.
-            if exc.code != "no_linked_bank_account":
-                await idempotency.release(self.session, claimed)
-                raise rejection_error(exc) from None
-        except BakktError as exc:
-            # Unlinking is naturally idempotent: the consumer may simply retry.
-            await idempotency.release(self.session, claimed)
-            raise unavailable_error(exc) from None
-        locked = await repo.lock_bank_account(self.session, party_ref, account_id)
-        assert locked is not None  # noqa: S101 - bank accounts are never deleted once linked
-        if locked.status in (BankAccountStatus.LINKED, BankAccountStatus.DISABLED):
+    except BakktRejected as exc:
+        if exc.http_status >= 500:
+            # Our set-up is at fault, not the link: keep nothing, so a retry can work.
+            await _abandon_link(session, claimed, account.id)
+            raise rejection_error(exc) from None
+        extra = {"bankAccountId": str(account.id)}
+        refusal: AppError
+        if exc.code == "relink_required":
+            # Bakkt's "no such item" / "auth not active" on a token it has never seen means
+            # the token itself is bad; relink_required is for a link that worked before.
+            refusal = InvalidProcessorToken(
+                "Bakkt did not accept the processor token (invalid or expired). Create a new "
+                "one with Plaid's /processor/token/create (processor: bakkt) and send it "
+                "with a new Idempotency-Key.",
+                extra=extra,
+            )
+        else:
+            refusal = BAKKT_REJECTIONS[exc.code](exc.consumer_message, extra=extra)
+        locked = await repo.lock_bank_account(session, party_ref, account.id)
+        if locked is not None and locked.status == BankAccountStatus.PENDING:
             repo.add_bank_account_history(
-                self.session,
+                session,
                 account_id=locked.id,
                 from_status=locked.status,
-                to_status=BankAccountStatus.UNLINKED,
+                to_status=BankAccountStatus.FAILED,
                 source=HistorySource.API,
-                note="unlinked at the consumer's request",
+                reason_code=exc.code,
+                note=f"rejected by Bakkt: {exc.status} {exc.bakkt_type}",
             )
-            locked.status = BankAccountStatus.UNLINKED
+            locked.status = BankAccountStatus.FAILED
+            locked.reason_code = refusal.code
             locked.updated_at = utcnow()
-        return await self._finish(claimed, 200, schemas.dump(bank_account_out(locked)))
+        return await _finish(session, claimed, Rejected.of(refusal, instance=idem.path))
+    except BakktOutcomeUnknown:
+        # It may have reached Bakkt: the row stays PENDING and the link webhook decides.
+        log.warning("%s link %s: outcome unknown, waiting for its webhook", method, account.id)
+    except BakktError as exc:
+        await _abandon_link(session, claimed, account.id)
+        raise unavailable_error(exc) from None
+    # Bakkt's 200 only says it took the link: whether the bank links (and its name and
+    # mask) comes in the BANK_ACCOUNT_LINK webhook, so the account stays PENDING till then.
+    fresh = await repo.get_bank_account(session, party_ref, account.id)
+    return await _finish(
+        session, claimed, Accepted(schemas.dump(bank_account_out(fresh or account)))
+    )
 
-    async def get_party(self, party_ref: str) -> schemas.PartyOut:
-        party = await repo.get_party(self.session, party_ref)
-        account = await repo.linked_bank_account(self.session, party_ref)
-        return party_out(party_ref, party, account)
 
-    # --- reads ----------------------------------------------------------------------------------
+async def list_bank_accounts(session: AsyncSession, party_ref: str) -> schemas.BankAccountList:
+    await outside_transaction(session)
+    rows = await repo.list_bank_accounts(session, party_ref)
+    return schemas.BankAccountList(items=[bank_account_out(a) for a in rows])
 
-    async def list_transactions(
-        self, party_ref: str, q: schemas.TransactionQuery
-    ) -> schemas.TransactionPage:
-        before = decode_cursor(q.cursor) if q.cursor else None
-        rows = await repo.list_transactions(
-            self.session,
-            party_ref,
-            limit=q.limit + 1,
-            before=before,
-            statuses=[str(v) for v in q.status],
-            types=[str(v) for v in q.type],
-            created_from=q.created_from,
-            created_to=q.created_to,
+
+async def get_bank_account(
+    session: AsyncSession, party_ref: str, account_id: uuid.UUID
+) -> schemas.BankAccountDetail:
+    await outside_transaction(session)
+    found = await repo.bank_account_with_history(session, party_ref, account_id)
+    if found is None:
+        raise BankAccountNotFound("No bank account with this id.")
+    account, entries = found
+    return schemas.BankAccountDetail(
+        **bank_account_out(account).model_dump(),
+        history=[
+            schemas.BankAccountHistoryEntryOut(
+                from_status=BankAccountStatus(h.from_status) if h.from_status else None,
+                to=BankAccountStatus(h.to_status),
+                source=h.source,
+                reason_code=h.reason_code,
+                event_id=h.event_id,
+                note=h.note,
+                at=h.recorded_at,
+            )
+            for h in entries
+        ],
+    )
+
+
+async def unlink(
+    session: AsyncSession,
+    bakkt: BakktClient,
+    terms: ClaimTerms,
+    party_ref: str,
+    account_id: uuid.UUID,
+    idem: IdempotentRequest,
+) -> Result:
+    """Unlink the party's current account. Bakkt's unlink acts on the current account
+    whatever it is told, so it is called only when `account_id` is that one; any other
+    account is no longer linked at Bakkt, and unlinking it changes nothing. Done (the account
+    as it is now), replayed, or in progress elsewhere."""
+    claimed = await idempotency.claim(session, idem, terms)
+    if not isinstance(claimed, KeyClaim):
+        return claimed
+    try:
+        account = await repo.get_bank_account(session, party_ref, account_id)
+        if account is None:
+            raise BankAccountNotFound("No bank account with this id.")
+        if account.status == BankAccountStatus.PENDING:
+            raise BankAccountLinkPending(
+                "Wait for the link to finish (or fail) before removing it.",
+                retry_after=LINK_PENDING_RETRY_AFTER,
+            )
+        current = await repo.linked_bank_account(session, party_ref)
+    except AppError:
+        await idempotency.release(session, claimed)
+        raise
+    # A DISABLED account may still be the one Bakkt holds (not every return code makes
+    # Bakkt unlink it), unless a LINKED one has replaced it since.
+    is_current = account.status == BankAccountStatus.LINKED or (
+        account.status == BankAccountStatus.DISABLED and current is None
+    )
+    if not is_current:
+        return await _finish(session, claimed, Done(schemas.dump(bank_account_out(account))))
+    await session.commit()
+    try:
+        await bakkt.unlink(party_ref, account.link_ref, Instrument.ACH)
+    except BakktRejected as exc:
+        # Bakkt holds no link for the party: what we wanted is already true.
+        if exc.code != "no_linked_bank_account":
+            await idempotency.release(session, claimed)
+            raise rejection_error(exc) from None
+    except BakktError as exc:
+        # Unlinking is naturally idempotent: the consumer may simply retry.
+        await idempotency.release(session, claimed)
+        raise unavailable_error(exc) from None
+    locked = await repo.lock_bank_account(session, party_ref, account_id)
+    assert locked is not None  # noqa: S101 - bank accounts are never deleted once linked
+    if locked.status in (BankAccountStatus.LINKED, BankAccountStatus.DISABLED):
+        repo.add_bank_account_history(
+            session,
+            account_id=locked.id,
+            from_status=locked.status,
+            to_status=BankAccountStatus.UNLINKED,
+            source=HistorySource.API,
+            note="unlinked at the consumer's request",
         )
-        page: Sequence[Transaction] = rows[: q.limit]
-        next_cursor = encode_cursor(page[-1]) if len(rows) > q.limit else None
-        return schemas.TransactionPage(
-            items=[transaction_out(t) for t in page], next_cursor=next_cursor
-        )
+        locked.status = BankAccountStatus.UNLINKED
+        locked.updated_at = utcnow()
+    return await _finish(session, claimed, Done(schemas.dump(bank_account_out(locked))))
 
-    async def get_transaction(
-        self, party_ref: str, transaction_id: uuid.UUID
-    ) -> schemas.TransactionDetail:
-        txn = await repo.get_transaction(self.session, party_ref, transaction_id)
-        if txn is None:
-            raise TransactionNotFound("No transaction with this id.")
-        entries = await repo.history(self.session, txn.id)
-        return schemas.TransactionDetail(
-            **transaction_out(txn).model_dump(),
-            history=[
-                schemas.HistoryEntryOut(
-                    from_status=TransactionStatus(h.from_status) if h.from_status else None,
-                    to=TransactionStatus(h.to_status),
-                    source=HistorySource(h.source),
-                    reason_code=h.reason_code,
-                    event_id=h.event_id,
-                    applied=h.applied,
-                    at=h.recorded_at,
-                )
-                for h in entries
-            ],
-        )
 
-    async def balance(self, party_ref: str) -> schemas.BalanceOut:
-        try:
-            found = await self.bakkt.balance(party_ref)
-        except BakktError as exc:
-            raise unavailable_error(exc) from None
-        return schemas.BalanceOut(
-            currency=found.currency,
-            settled=f"{found.settled:.2f}",
-            unsettled=f"{found.unsettled:.2f}",
-        )
+async def get_party(session: AsyncSession, party_ref: str) -> schemas.PartyOut:
+    await outside_transaction(session)
+    party = await repo.get_party(session, party_ref)
+    account = await repo.linked_bank_account(session, party_ref)
+    return party_out(party_ref, party, account)
 
-    async def wire_instructions(self, party_ref: str) -> schemas.WireInstructionsOut:
-        party = await repo.get_party(self.session, party_ref)
-        await self.session.commit()
-        if party is not None:
-            # Instructions are for depositing: the same gate as a deposit.
-            self._gate(party, Direction.DEPOSIT)
-        try:
-            found = await self.bakkt.wire_instructions(party_ref)
-        except BakktError as exc:
-            raise unavailable_error(exc) from None
-        return schemas.WireInstructionsOut(
-            reference_number=found.reference_number,
-            routing_number=found.routing_number,
-            account_number=found.account_number,
-            swift_code=found.swift_code,
-            bank_name=found.bank_name,
-            bank_address=found.bank_address,
-            beneficiary_name=found.beneficiary_name,
-            beneficiary_address=found.beneficiary_address,
-        )
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+async def list_transactions(
+    session: AsyncSession, party_ref: str, q: schemas.TransactionQuery
+) -> schemas.TransactionPage:
+    before = decode_cursor(q.cursor) if q.cursor else None
+    await outside_transaction(session)
+    rows = await repo.list_transactions(
+        session,
+        party_ref,
+        limit=q.limit + 1,
+        before=before,
+        statuses=[str(v) for v in q.status],
+        types=[str(v) for v in q.type],
+        created_from=q.created_from,
+        created_to=q.created_to,
+    )
+    page: Sequence[Transaction] = rows[: q.limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > q.limit else None
+    return schemas.TransactionPage(
+        items=[transaction_out(t) for t in page], next_cursor=next_cursor
+    )
+
+
+async def get_transaction(
+    session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
+) -> schemas.TransactionDetail:
+    await outside_transaction(session)
+    found = await repo.transaction_with_history(session, party_ref, transaction_id)
+    if found is None:
+        raise TransactionNotFound("No transaction with this id.")
+    txn, entries = found
+    return schemas.TransactionDetail(
+        **transaction_out(txn).model_dump(),
+        history=[
+            schemas.HistoryEntryOut(
+                from_status=TransactionStatus(h.from_status) if h.from_status else None,
+                to=TransactionStatus(h.to_status),
+                source=HistorySource(h.source),
+                reason_code=h.reason_code,
+                event_id=h.event_id,
+                applied=h.applied,
+                at=h.recorded_at,
+            )
+            for h in entries
+        ],
+    )
+
+
+async def balance(bakkt: BakktClient, party_ref: str) -> schemas.BalanceOut:
+    try:
+        found = await bakkt.balance(party_ref)
+    except BakktError as exc:
+        raise unavailable_error(exc) from None
+    return schemas.BalanceOut(
+        currency=found.currency,
+        settled=f"{found.settled:.2f}",
+        unsettled=f"{found.unsettled:.2f}",
+    )
+
+
+async def wire_instructions(
+    session: AsyncSession, bakkt: BakktClient, party_ref: str
+) -> schemas.WireInstructionsOut:
+    await outside_transaction(session)
+    party = await repo.get_party(session, party_ref)
+    await session.commit()
+    if party is not None:
+        # Instructions are for depositing: the same gate as a deposit.
+        _gate(party, Direction.DEPOSIT)
+    try:
+        found = await bakkt.wire_instructions(party_ref)
+    except BakktError as exc:
+        raise unavailable_error(exc) from None
+    return schemas.WireInstructionsOut(
+        reference_number=found.reference_number,
+        routing_number=found.routing_number,
+        account_number=found.account_number,
+        swift_code=found.swift_code,
+        bank_name=found.bank_name,
+        bank_address=found.bank_address,
+        beneficiary_name=found.beneficiary_name,
+        beneficiary_address=found.beneficiary_address,
+    )

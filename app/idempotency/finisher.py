@@ -14,6 +14,7 @@ from app.funding.repository import UNSETTLED
 from app.funding.schemas import dump
 from app.funding.views import transaction_out
 from app.idempotency import repository as repo
+from app.idempotency.answers import Accepted, legacy_status
 
 # A consumer request being finished holds its key this long while the answer is stored.
 FINISH_LEASE = timedelta(seconds=30)
@@ -27,7 +28,7 @@ async def finish_abandoned_requests(
     metrics: Metrics | None = None,
 ) -> int:
     """Store the answer of consumer requests that died after writing their transaction, once the
-    transaction is settled: what the funding API's own resume would answer (202 with the
+    transaction is settled: what the funding API's own resume would answer (accepted, with the
     transaction as it is now). A later retry with the same Idempotency-Key replays it. Keys whose
     lease is still live and whose holding process is alive (a retry holds them) are left alone.
     Returns how many it finished."""
@@ -50,8 +51,10 @@ async def finish_abandoned_requests(
             if txn is None or txn.status in UNSETTLED:
                 await session.rollback()
                 continue
-            body = dump(transaction_out(txn))
-            if await repo.finish(session, key_id, 202, body):
+            answer = Accepted(dump(transaction_out(txn)))
+            if await repo.finish(
+                session, key_id, answer.kind, answer.body, legacy_status=legacy_status(answer)
+            ):
                 finished += 1
             await session.commit()
     metrics.inc("recovery_requests_finished_total", finished)

@@ -29,6 +29,11 @@ class IdempotencyKey(Base):
     # The process holding the claim (app.processes): once it stops renewing its heartbeat the
     # claim is stale whatever `locked_until` says. NULL: the lease alone decides.
     holder_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # What the request answered (app/idempotency/answers.py: accepted, created, done, rejected)
+    # and its body. NULL on rows finished by a release before migration 0012.
+    response_kind: Mapped[str | None] = mapped_column(String(16))
+    # The HTTP status the releases before 0012 stored instead of a kind, and still read: written
+    # beside the kind until a contract migration drops it.
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[Any | None] = mapped_column(JSONB)
     transaction_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

@@ -4,11 +4,25 @@ wrote, read-only; the staleness checks ask `app.processes` whether a claim's hol
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.funding.models import Transaction, TransactionStatus
@@ -30,7 +44,110 @@ def _stale(stale_after: timedelta) -> ColumnElement[bool]:
     )
 
 
-async def claim_new(
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_NOW = func.clock_timestamp()
+# The claim, built once (issue 11: a statement rebuilt per request pays SQLAlchemy's
+# construction and cache-key walk every time). Insert the key, or recycle an expired row of it;
+# a live row is left alone.
+_NEW_KEY = insert(_KEYS).values(
+    party_ref=bindparam("party_ref"),
+    key=bindparam("key"),
+    request_method=bindparam("method"),
+    request_path=bindparam("path"),
+    fingerprint=bindparam("fingerprint"),
+    recovery_point=STARTED,
+    locked_until=_NOW + bindparam("lease", type_=Interval),
+    holder_id=bindparam("holder_id", type_=UUID(as_uuid=True)),
+    response_kind=None,
+    response_status=None,
+    response_body=None,
+    transaction_id=None,
+    created_at=_NOW,
+    expires_at=_NOW + bindparam("ttl", type_=Interval),
+)
+_RECYCLED = {
+    name: _NEW_KEY.excluded[name]
+    for name in (
+        "request_method",
+        "request_path",
+        "fingerprint",
+        "recovery_point",
+        "locked_until",
+        "holder_id",
+        "response_kind",
+        "response_status",
+        "response_body",
+        "transaction_id",
+        "created_at",
+        "expires_at",
+    )
+}
+_CLAIMED = (
+    _NEW_KEY.on_conflict_do_update(
+        constraint="uq_idempotency_keys_party_key",
+        set_=_RECYCLED,
+        where=_KEYS.c.expires_at <= _NOW,
+    )
+    .returning(_KEYS.c.id, _KEYS.c.created_at, _KEYS.c.recovery_point)
+    .cte("claimed")
+)
+# One row whatever happens: the new claim's columns, or (when a live row holds the key) that
+# row's, with the database's clock (every replica judges leases by the same clock) and whether
+# the process holding it is gone. The existing row is read from the statement's snapshot: one
+# committed by a concurrent claim after it began is not seen, and both halves come back empty.
+_CLAIM_OR_READ = select(
+    _CLAIMED.c.id.label("claimed_id"),
+    _CLAIMED.c.created_at.label("claimed_at"),
+    _CLAIMED.c.recovery_point.label("claimed_point"),
+    _KEYS.c.id,
+    _KEYS.c.fingerprint,
+    _KEYS.c.recovery_point,
+    _KEYS.c.locked_until,
+    _KEYS.c.response_kind,
+    _KEYS.c.response_status,
+    _KEYS.c.response_body,
+    _NOW.label("now"),
+    holder_gone(_KEYS.c.holder_id, bindparam("stale_after", type_=Interval)).label("holder_gone"),
+).select_from(
+    select(literal(1).label("one"))
+    .subquery("one")
+    .outerjoin(_CLAIMED, true())
+    .outerjoin(
+        _KEYS,
+        and_(
+            _KEYS.c.party_ref == bindparam("party_ref"),
+            _KEYS.c.key == bindparam("key"),
+            _CLAIMED.c.id.is_(None),
+        ),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """We hold the key now (inserted, or an expired row of it recycled)."""
+
+    id: int
+    created_at: datetime
+    recovery_point: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldKey:
+    """A live row holds the key: what it says, judged by the database's clock."""
+
+    id: int
+    fingerprint: str
+    recovery_point: str
+    locked_until: datetime | None
+    response_kind: str | None
+    response_status: int | None
+    response_body: Any
+    now: datetime
+    holder_gone: bool
+
+
+async def claim_or_read(
     session: AsyncSession,
     *,
     party_ref: str,
@@ -41,56 +158,41 @@ async def claim_new(
     lease: timedelta,
     ttl: timedelta,
     holder_id: uuid.UUID | None,
-) -> IdempotencyKey | None:
-    """Insert the key, or recycle an expired row of it; None when a live row already holds it.
+    stale_after: timedelta,
+) -> NewKey | HeldKey | None:
+    """Claim the key, or read the live row that holds it, in one statement. None when neither
+    happened: a concurrent claim committed the row after this statement began (read again).
 
-    One statement, so two concurrent claims of the same key cannot both succeed: the loser of
-    the unique index waits for the winner's commit and then gets no row back.
+    Two concurrent claims of the same key cannot both succeed: the loser of the unique index
+    waits for the winner's commit and then gets no row back from its insert.
     """
-    fresh: dict[str, Any] = {
-        "request_method": method,
-        "request_path": path,
+    params = {
+        "party_ref": party_ref,
+        "key": key,
+        "method": method,
+        "path": path,
         "fingerprint": fingerprint,
-        "recovery_point": STARTED,
-        "locked_until": func.clock_timestamp() + lease,
+        "lease": lease,
+        "ttl": ttl,
         "holder_id": holder_id,
-        "response_status": None,
-        "response_body": None,
-        "transaction_id": None,
-        "created_at": func.clock_timestamp(),
-        "expires_at": func.clock_timestamp() + ttl,
+        "stale_after": stale_after,
     }
-    stmt = (
-        insert(IdempotencyKey)
-        .values(party_ref=party_ref, key=key, **fresh)
-        .on_conflict_do_update(
-            constraint="uq_idempotency_keys_party_key",
-            set_=fresh,
-            where=IdempotencyKey.expires_at <= func.clock_timestamp(),
-        )
-        .returning(IdempotencyKey)
-        .execution_options(populate_existing=True)
+    row = (await session.execute(_CLAIM_OR_READ, params)).one()
+    if row.claimed_id is not None:
+        return NewKey(int(row.claimed_id), row.claimed_at, row.claimed_point)
+    if row.id is None:
+        return None
+    return HeldKey(
+        id=int(row.id),
+        fingerprint=row.fingerprint,
+        recovery_point=row.recovery_point,
+        locked_until=row.locked_until,
+        response_kind=row.response_kind,
+        response_status=row.response_status,
+        response_body=row.response_body,
+        now=row.now,
+        holder_gone=bool(row.holder_gone),
     )
-    return (await session.scalars(stmt)).one_or_none()
-
-
-async def get_with_now(
-    session: AsyncSession, party_ref: str, key: str, *, stale_after: timedelta
-) -> tuple[IdempotencyKey, datetime, bool] | None:
-    """The key's row, the database's clock (every replica judges leases by the same clock), and
-    whether the process holding it is gone. Only a claim that lost the insert comes here, so the
-    heartbeat is looked at only then, never on a new key's path."""
-    stmt = (
-        select(
-            IdempotencyKey,
-            func.clock_timestamp(),
-            holder_gone(IdempotencyKey.holder_id, stale_after),
-        )
-        .where(IdempotencyKey.party_ref == party_ref, IdempotencyKey.key == key)
-        .execution_options(populate_existing=True)
-    )
-    row = (await session.execute(stmt)).one_or_none()
-    return None if row is None else (row[0], row[1], bool(row[2]))
 
 
 async def take_over(
@@ -118,6 +220,21 @@ async def take_over(
     return (await session.scalars(stmt)).one_or_none()
 
 
+# Pointing a claim at its intent, for the statement that writes the intent (funding's
+# `insert_intent` selects its row FROM it, so one statement does both): a row comes out only
+# while the claim has no intent yet. Parameters: key_id, transaction_id.
+INTENT_CLAIM = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("key_id"), _KEYS.c.recovery_point == STARTED)
+    .values(
+        recovery_point=INTENT_WRITTEN,
+        transaction_id=bindparam("transaction_id", type_=UUID(as_uuid=True)),
+    )
+    .returning(_KEYS.c.id)
+    .cte("intent_claim")
+)
+
+
 async def set_intent(session: AsyncSession, key_id: int, transaction_id: uuid.UUID | None) -> bool:
     """Point the claim at its intent; False when the claim already has one (or is gone). Two
     holders of one claim (a live one believed dead, and its taker) may both write an intent;
@@ -131,15 +248,18 @@ async def set_intent(session: AsyncSession, key_id: int, transaction_id: uuid.UU
     return (await session.execute(stmt)).one_or_none() is not None
 
 
-async def finish(session: AsyncSession, key_id: int, status: int, body: Any) -> bool:
-    """Store the response to replay; False if another holder of the key finished it first."""
+async def finish(
+    session: AsyncSession, key_id: int, kind: str, body: Any, *, legacy_status: int
+) -> bool:
+    """Store the answer to replay; False if another holder of the key finished it first."""
     stmt = (
         update(IdempotencyKey)
         .where(IdempotencyKey.id == key_id, IdempotencyKey.recovery_point != FINISHED)
         .values(
             recovery_point=FINISHED,
             locked_until=None,
-            response_status=status,
+            response_kind=kind,
+            response_status=legacy_status,
             response_body=body,
         )
         .returning(IdempotencyKey.id)
@@ -155,12 +275,15 @@ async def end_lease(session: AsyncSession, key_id: int) -> None:
     )
 
 
-async def stored_response(session: AsyncSession, key_id: int) -> tuple[int, Any] | None:
-    stmt = select(IdempotencyKey.response_status, IdempotencyKey.response_body).where(
-        IdempotencyKey.id == key_id, IdempotencyKey.recovery_point == FINISHED
-    )
+async def stored_answer(
+    session: AsyncSession, key_id: int
+) -> tuple[str | None, int | None, Any] | None:
+    """A finished key's (kind, legacy status, body), for `answers.stored`."""
+    stmt = select(
+        IdempotencyKey.response_kind, IdempotencyKey.response_status, IdempotencyKey.response_body
+    ).where(IdempotencyKey.id == key_id, IdempotencyKey.recovery_point == FINISHED)
     row = (await session.execute(stmt)).one_or_none()
-    return None if row is None or row[0] is None else (int(row[0]), row[1])
+    return None if row is None else (row[0], row[1], row[2])
 
 
 async def delete_unfinished(session: AsyncSession, key_id: int) -> None:

@@ -25,8 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.core.metrics import METRICS
+from app.db import outside_transaction
 from app.errors import AppError, Conflict, Unprocessable
 from app.idempotency import repository as repo
+from app.idempotency.answers import Answer, InProgress, Replayed, legacy_status, stored
 
 log = logging.getLogger("app.idempotency")
 
@@ -147,23 +149,45 @@ class KeyClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Replay:
-    status: int
-    body: Any
+class ClaimTerms:
+    """How this process claims keys: the lease, how long a key is kept, and who holds it."""
+
+    lease: timedelta
+    ttl: timedelta
+    holder: Holder
+
+
+def terms_for(settings: Settings, process_id: uuid.UUID | None) -> ClaimTerms:
+    return ClaimTerms(
+        lease=lease_for(settings),
+        ttl=timedelta(days=settings.idempotency_ttl_days),
+        # Claims name this process, so a retry after it dies need not wait out the lease.
+        holder=holder_for(settings, process_id),
+    )
+
+
+class ClaimTaken(Exception):
+    """Another holder of the claim wrote its intent first (a holder believed gone that was
+    not): the caller's transaction must roll back and the request answers `in_progress`."""
+
+    def __init__(self) -> None:
+        super().__init__("the claim's intent was written by another holder")
+        self.in_progress = InProgress(
+            retry_after=1, detail="Another attempt of this request got there first; retry shortly."
+        )
 
 
 async def claim(
-    session: AsyncSession,
-    req: IdempotentRequest,
-    *,
-    lease: timedelta,
-    ttl: timedelta,
-    holder: Holder = NO_HOLDER,
-) -> KeyClaim | Replay:
+    session: AsyncSession, req: IdempotentRequest, terms: ClaimTerms
+) -> KeyClaim | Replayed | InProgress:
     """Claim the key (committed at once, so duplicates see it) or say what to answer instead.
-    A new key costs one statement; the holder's heartbeat is read only when the key exists."""
+
+    One statement, in a transaction of its own (no BEGIN, no COMMIT): it claims a new key, or
+    reads the row that holds it. Only a claim to be taken over costs a second one."""
+    lease, holder = terms.lease, terms.holder
     for _ in range(3):
-        row = await repo.claim_new(
+        await outside_transaction(session)
+        found = await repo.claim_or_read(
             session,
             party_ref=req.party_ref,
             key=req.key,
@@ -171,53 +195,47 @@ async def claim(
             path=req.path,
             fingerprint=req.fingerprint,
             lease=lease,
-            ttl=ttl,
+            ttl=terms.ttl,
             holder_id=holder.process_id,
+            stale_after=holder.stale_after,
         )
-        if row is not None:
-            await session.commit()
-            return KeyClaim(row.id, row.created_at, row.recovery_point, None, resumed=False)
-        found = await repo.get_with_now(
-            session, req.party_ref, req.key, stale_after=holder.stale_after
-        )
+        await session.commit()
+        if isinstance(found, repo.NewKey):
+            return KeyClaim(found.id, found.created_at, found.recovery_point, None, resumed=False)
         if found is None:
-            # The holder released it (its request failed before writing anything): claim anew.
-            await session.rollback()
+            # Taken or released between the insert and the read (a concurrent claim, or a holder
+            # whose request failed before writing anything): look again.
             continue
-        existing, now, holder_gone = found
-        # Read before the rollback below, which expires the row.
-        same_request = existing.fingerprint == req.fingerprint
-        finished = existing.recovery_point == repo.FINISHED and existing.response_status is not None
-        stored = Replay(existing.response_status or 0, existing.response_body)
-        leased = (
-            existing.locked_until is not None and existing.locked_until > now and not holder_gone
-        )
-        key_id = existing.id
-        if not same_request:
-            await session.rollback()
+        if found.fingerprint != req.fingerprint:
             METRICS.idempotency_rejections.labels(IdempotencyKeyReused.code).inc()
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was already used with a different method, path or body. "
                 "Use a new key for a new request."
             )
-        if finished:
-            await session.rollback()
-            METRICS.idempotency_replays.inc()
-            return stored
-        if leased:
-            await session.rollback()
-            METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
-            raise IdempotencyRequestInProgress(
-                "The first request with this key has not finished yet; retry shortly.",
-                retry_after=1,
-            )
-        taken = await repo.take_over(
-            session, key_id, lease, holder_id=holder.process_id, stale_after=holder.stale_after
+        if found.recovery_point == repo.FINISHED:
+            answer = stored(found.response_kind, found.response_status, found.response_body)
+            if answer is not None:
+                METRICS.idempotency_replays.inc()
+                return Replayed(answer)
+        leased = (
+            found.locked_until is not None
+            and found.locked_until > found.now
+            and not found.holder_gone
         )
+        if leased:
+            METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
+            return InProgress(
+                retry_after=1,
+                detail="The first request with this key has not finished yet; retry shortly.",
+            )
+        await outside_transaction(session)
+        taken = await repo.take_over(
+            session, found.id, lease, holder_id=holder.process_id, stale_after=holder.stale_after
+        )
+        await session.commit()
         if taken is not None:
-            await session.commit()
-            if holder_gone:
-                log.warning("idempotency claim %s taken over from a process that is gone", key_id)
+            if found.holder_gone:
+                log.warning("idempotency claim %s taken over from a process that is gone", found.id)
             return KeyClaim(
                 taken.id,
                 taken.created_at,
@@ -225,11 +243,9 @@ async def claim(
                 taken.transaction_id,
                 resumed=True,
             )
-        await session.rollback()
     METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
-    raise IdempotencyRequestInProgress(
-        "The request with this key is changing hands; retry shortly.",
-        retry_after=1,
+    return InProgress(
+        retry_after=1, detail="The request with this key is changing hands; retry shortly."
     )
 
 
@@ -237,24 +253,24 @@ async def record_intent(
     session: AsyncSession, claim_: KeyClaim, transaction_id: uuid.UUID | None
 ) -> None:
     """Part of the caller's transaction: commits together with the intent it points at. Raises
-    when another holder of the claim wrote its intent first (a holder believed gone that was
-    not): the caller's transaction must roll back, and the consumer's retry resumes that one."""
+    `ClaimTaken` when another holder of the claim wrote its intent first: the caller's
+    transaction must roll back, and the consumer's retry resumes that one."""
     if not await repo.set_intent(session, claim_.key_id, transaction_id):
         METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
-        raise IdempotencyRequestInProgress(
-            "Another attempt of this request got there first; retry shortly.", retry_after=1
-        )
+        raise ClaimTaken()
 
 
-async def finish(
-    session: AsyncSession, claim_: KeyClaim, status: int, body: Any
-) -> tuple[int, Any]:
-    """Store the response (in the caller's transaction). Returns what the key now answers: ours,
+async def finish(session: AsyncSession, claim_: KeyClaim, answer: Answer) -> Answer:
+    """Store the answer (in the caller's transaction). Returns what the key now answers: ours,
     or the first one if another holder finished before us."""
-    if await repo.finish(session, claim_.key_id, status, body):
-        return status, body
-    earlier = await repo.stored_response(session, claim_.key_id)
-    return earlier if earlier is not None else (status, body)
+    if await repo.finish(
+        session, claim_.key_id, answer.kind, answer.body, legacy_status=legacy_status(answer)
+    ):
+        return answer
+    earlier = await repo.stored_answer(session, claim_.key_id)
+    if earlier is None:
+        return answer
+    return stored(*earlier) or answer
 
 
 async def forget(session: AsyncSession, claim_: KeyClaim) -> None:

@@ -18,18 +18,21 @@ _STOPPED = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def holder_gone(
-    holder_id: InstrumentedAttribute[uuid.UUID | None], stale_after: timedelta
+    holder_id: InstrumentedAttribute[uuid.UUID | None] | ColumnElement[uuid.UUID | None],
+    stale_after: timedelta | ColumnElement[timedelta],
 ) -> ColumnElement[bool]:
-    """True when the named holder's row exists and its heartbeat is older than `stale_after`.
+    """True when the named holder's row exists and its heartbeat is older than `stale_after`
+    (a value, or a bound parameter of a statement built once).
 
     A holder with no row is not judged gone: it may be a process whose first heartbeat has not
     reached the database yet (it registers without blocking its start), or one whose row
     retention deleted long after its lease ran out; the lease alone decides for those.
     """
+    after = literal(stale_after) if isinstance(stale_after, timedelta) else stale_after
     return exists().where(
         and_(
             ServiceProcess.id == holder_id,
-            ServiceProcess.heartbeat_at < func.clock_timestamp() - literal(stale_after),
+            ServiceProcess.heartbeat_at < func.clock_timestamp() - after,
         )
     )
 

@@ -1,7 +1,7 @@
 """Retention: what the service forgets, and when. Each table's query is its owner's (idempotency
 keys in `app.idempotency.repository`, webhook bodies in `app.webhooks.repository`, processes
-silent for a day in `app.processes.repository`);
-transactions and their history are never deleted."""
+silent for a day in `app.processes.repository`, the limits' running totals of hours past every
+window in `app.funding.repository`); transactions and their history are never deleted."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.core.metrics import METRICS, Metrics
+from app.funding import repository as funding_repo
 from app.idempotency import repository as idempotency_repo
 from app.processes import repository as processes_repo
 from app.recovery.jobs import SessionFactory, cycle_start
@@ -29,6 +30,7 @@ class RetentionSummary:
     idempotency_keys_deleted: int
     webhook_bodies_cleared: int
     processes_forgotten: int = 0
+    limit_hours_forgotten: int = 0
 
 
 async def apply_retention(
@@ -56,6 +58,11 @@ async def apply_retention(
         lambda s: webhooks_repo.clear_bodies(s, before=cutoff, limit=batch),
         batch,
     )
+    hours = await _in_batches(
+        session_factory,
+        lambda s: funding_repo.forget_limit_usage(s, now=now, limit=batch),
+        batch,
+    )
     # A day is far past every lease, so no claim still needs to know its holder is gone.
     async with session_factory() as session:
         processes = await processes_repo.delete_gone(session, before=now - PROCESS_MEMORY)
@@ -63,9 +70,10 @@ async def apply_retention(
     metrics.inc("recovery_retention_deleted_total", keys, what="idempotency_keys")
     metrics.inc("recovery_retention_deleted_total", processes, what="service_processes")
     metrics.inc("recovery_retention_deleted_total", bodies, what="webhook_bodies")
+    metrics.inc("recovery_retention_deleted_total", hours, what="party_limit_usage")
     if keys or bodies:
         log.info("retention: %d idempotency keys deleted, %d webhook bodies cleared", keys, bodies)
-    return RetentionSummary(keys, bodies, processes)
+    return RetentionSummary(keys, bodies, processes, hours)
 
 
 async def _in_batches(

@@ -4,10 +4,11 @@ accounts and transactions is funding's SQL (`app.funding.repository`)."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, literal, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -42,6 +43,167 @@ _CLAIM_EVENT = (
     .options(defer(WebhookEvent.body, raiseload=True), defer(WebhookEvent.headers, raiseload=True))
     .execution_options(populate_existing=True)
 )
+
+
+_EVENT_VALUES: dict[str, Any] = {
+    name: bindparam(name, type_=_EVENTS.c[name].type)
+    for name in (
+        "request_id",
+        "event_type",
+        "party_ref",
+        "transaction_ref",
+        "related_ref",
+        "body",
+        "headers",
+        "event_time",
+        "received_at",
+        "status",
+        "outcome",
+        "needs_operator",
+        "next_attempt_at",
+        "attempts",
+    )
+}
+_INSERTED = (
+    insert(_EVENTS)
+    .values(_EVENT_VALUES)
+    .on_conflict_do_nothing(index_elements=[_EVENTS.c.request_id])
+    .returning(_EVENTS.c.id)
+    .cte("inserted")
+)
+# The intake's one statement: insert the event, or (a redelivery) read the stored one's status
+# and whether its body is byte for byte the one sent. One row whatever happens. The stored row
+# is read from the statement's snapshot: one committed by a concurrent delivery after it began
+# is not seen, and both halves come back empty.
+_INSERT_OR_READ = select(
+    _INSERTED.c.id.label("inserted_id"),
+    _EVENTS.c.id,
+    _EVENTS.c.status,
+    (_EVENTS.c.body == _EVENT_VALUES["body"]).label("same_body"),
+).select_from(
+    select(literal(1).label("one"))
+    .subquery("one")
+    .outerjoin(_INSERTED, true())
+    .outerjoin(
+        _EVENTS,
+        and_(_EVENTS.c.request_id == _EVENT_VALUES["request_id"], _INSERTED.c.id.is_(None)),
+    )
+)
+_RECORD_OUTCOME = (
+    update(_EVENTS)
+    .where(_EVENTS.c.id == bindparam("event_pk"))
+    .values(
+        status=bindparam("p_status"),
+        outcome=bindparam("p_outcome"),
+        attempts=bindparam("p_attempts"),
+        next_attempt_at=bindparam("p_next_attempt_at", type_=_EVENTS.c.next_attempt_at.type),
+        needs_operator=bindparam("p_needs_operator"),
+        processed_at=bindparam("p_processed_at", type_=_EVENTS.c.processed_at.type),
+    )
+)
+
+
+_READ_STORED = select(
+    _EVENTS.c.id, _EVENTS.c.status, (_EVENTS.c.body == bindparam("body")).label("same_body")
+).where(_EVENTS.c.request_id == bindparam("request_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class InsertedEvent:
+    """Stored now, by this transaction (which holds the row until it ends)."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """Stored already. `same_body` is None when retention has cleared the stored body."""
+
+    id: int
+    status: str
+    same_body: bool | None
+
+
+async def insert_or_read_event(
+    session: AsyncSession,
+    *,
+    request_id: str,
+    event_type: str | None,
+    party_ref: str | None,
+    transaction_ref: str | None,
+    related_ref: str | None,
+    body: bytes,
+    headers: dict[str, str],
+    event_time: datetime | None,
+    received_at: datetime,
+    status: EventStatus,
+    outcome: str | None,
+    needs_operator: bool,
+    next_attempt_at: datetime | None,
+) -> InsertedEvent | StoredEvent | None:
+    """Store an event, or say what the stored one with this requestId is; None when it was
+    stored by a concurrent delivery after this statement began (read it again).
+
+    A concurrent insert of the same requestId waits here until the first one commits (or rolls
+    back), so at most one delivery of an event is ever InsertedEvent.
+    """
+    params = {
+        "request_id": request_id,
+        "event_type": event_type,
+        "party_ref": party_ref,
+        "transaction_ref": transaction_ref,
+        "related_ref": related_ref,
+        "body": body,
+        "headers": headers,
+        "event_time": event_time,
+        "received_at": received_at,
+        "status": str(status),
+        "outcome": outcome,
+        "needs_operator": needs_operator,
+        "next_attempt_at": next_attempt_at,
+        "attempts": 0,
+    }
+    row = (await session.execute(_INSERT_OR_READ, params)).one()
+    if row.inserted_id is not None:
+        return InsertedEvent(int(row.inserted_id))
+    if row.id is None:
+        return None
+    return StoredEvent(int(row.id), row.status, row.same_body)
+
+
+async def read_stored_event(
+    session: AsyncSession, request_id: str, body: bytes
+) -> StoredEvent | None:
+    """`insert_or_read_event`'s second half on its own, for when a concurrent delivery stored
+    the event after that statement began."""
+    row = (
+        await session.execute(_READ_STORED, {"request_id": request_id, "body": body})
+    ).one_or_none()
+    return None if row is None else StoredEvent(int(row.id), row.status, row.same_body)
+
+
+async def record_outcome(
+    session: AsyncSession,
+    event_pk: int,
+    *,
+    status: str,
+    outcome: str,
+    attempts: int,
+    next_attempt_at: datetime | None,
+    needs_operator: bool,
+    processed_at: datetime,
+) -> None:
+    """What applying the event came to, on its row."""
+    params = {
+        "event_pk": event_pk,
+        "p_status": status,
+        "p_outcome": outcome,
+        "p_attempts": attempts,
+        "p_next_attempt_at": next_attempt_at,
+        "p_needs_operator": needs_operator,
+        "p_processed_at": processed_at,
+    }
+    await session.execute(_RECORD_OUTCOME, params)
 
 
 async def insert_event(

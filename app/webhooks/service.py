@@ -1,9 +1,12 @@
 """Bakkt's webhooks, stored once and applied exactly once, whatever order they arrive in.
 
-Two short database transactions per delivery: the intake commits the event (so the answer can be
-2xx even if applying it fails), then the apply claims the stored event under a row lock, moves
-what it concerns, and commits. An event the apply could not finish stays claimable and is picked
-up again by `rematch_parked`, which the recovery worker runs on a schedule.
+One short database transaction per new event: it inserts the event (which holds its row until
+the commit, so no other delivery or worker can apply it meanwhile), applies it, records what
+became of it, and commits, so an event is never stored without its outcome. If applying fails,
+that transaction is rolled back and the event is stored on its own, RECEIVED with the failure
+noted (the answer is still 2xx); `rematch_parked`, which the recovery worker runs on a
+schedule, applies it again. A redelivery costs one statement: the insert that finds the stored
+event also reads its status (and whether its body is the stored one).
 """
 
 from __future__ import annotations
@@ -138,33 +141,38 @@ async def receive(session: AsyncSession, delivery: VerifiedWebhook) -> Receipt:
     if len(event.event_id) > 255:
         return await _store_malformed(session, delivery, "requestId is longer than 255 characters")
     try:
-        event_pk = await _insert_received(session, delivery, event)
+        found = await _insert_received(session, delivery, event)
+        if isinstance(found, repo.InsertedEvent):
+            return Receipt(event.event_id, False, await _apply_new(session, found.id, event, now))
+        if found is None:
+            # Stored by a concurrent delivery after the insert's statement began.
+            found = await repo.read_stored_event(session, event.event_id, delivery.body)
     except Exception as exc:
         await session.rollback()
         # An outage is not the body's fault: the delivery is refused (503) and Bakkt retries it,
-        # rather than a good event being set aside as MALFORMED.
+        # rather than a good event being set aside as MALFORMED. Nothing was stored.
         if is_database_unavailable(exc):
             raise
+        if isinstance(exc, _ApplyFailed):
+            return await _store_failed_apply(session, delivery, event)
         # Whatever the database refused in what we read from this body, the body itself is
         # kept: a verified webhook is always stored, so Bakkt can stop and an operator can look.
         logger.exception("storing webhook %s failed; kept as MALFORMED", event.event_id)
         return await _store_malformed(session, delivery, "its fields could not be stored")
-    if event_pk is None:
+    await session.rollback()
+    if found is not None and found.same_body is False:
         conflict = await _conflicting_redelivery(session, delivery, event.event_id)
         if conflict is not None:
             return conflict
-        # A redelivery of the stored body changes nothing once the first delivery has been
-        # applied: its stored status is the answer, with no claim and no second transaction.
-        stored = await repo.event_status(session, event.event_id)
-        if stored is not None and stored != EventStatus.RECEIVED:
-            await session.rollback()
-            return Receipt(event.event_id, duplicate=True, status=stored)
-    await session.commit()
-
-    # A redelivery changes nothing, except that it may finish an event whose first apply was
-    # lost; the claim (SKIP LOCKED, status RECEIVED) keeps that to one worker at a time. What
-    # is applied is always the stored event: a redelivery gets here only when its body is the
-    # stored one (a different body was set aside above), so its parse is the stored event's.
+    # A redelivery of the stored body changes nothing once the first delivery has been
+    # applied: its stored status is the answer.
+    if found is not None and found.status != EventStatus.RECEIVED:
+        return Receipt(event.event_id, duplicate=True, status=found.status)
+    # Stored but not applied (its first apply failed, and it waits for a retry), or stored by
+    # a concurrent delivery after this statement began: it may be finished now. The claim (SKIP
+    # LOCKED, status RECEIVED) keeps that to one worker at a time. What is applied is always
+    # the stored event: a redelivery gets here only when its body is the stored one (a
+    # different body was set aside above), so its parse is the stored event's.
     status = await _apply_stored(
         session,
         event.event_id,
@@ -175,14 +183,64 @@ async def receive(session: AsyncSession, delivery: VerifiedWebhook) -> Receipt:
     if status is None:
         status = await repo.event_status(session, event.event_id) or EventStatus.RECEIVED
         await session.rollback()
-    return Receipt(event.event_id, duplicate=event_pk is None, status=status)
+    return Receipt(event.event_id, duplicate=True, status=status)
+
+
+class _ApplyFailed(Exception):
+    """Applying a new event raised: its transaction, the event's insert with it, is rolled
+    back, and the event is then stored on its own (`_store_failed_apply`)."""
+
+
+async def _apply_new(
+    session: AsyncSession, event_pk: int, event: ParsedEvent, now: datetime
+) -> str:
+    """Apply an event this transaction has just inserted (and so holds), record its outcome
+    on its row, and commit. No claim: no one else can see the row before the commit."""
+    try:
+        applied = await _apply_event(
+            session,
+            event,
+            request_id=event.event_id,
+            event_type=webhook_type(event)[:64],
+            attempts=0,
+            needs_operator=False,
+            now=now,
+        )
+        await repo.record_outcome(
+            session,
+            event_pk,
+            status=applied.status,
+            outcome=applied.outcome,
+            attempts=applied.attempts,
+            next_attempt_at=applied.next_attempt_at,
+            needs_operator=applied.needs_operator,
+            processed_at=now,
+        )
+        await session.commit()
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise
+        logger.exception("applying webhook %s failed; it is stored to be retried", event.event_id)
+        raise _ApplyFailed from exc
+    return applied.status
+
+
+async def _store_failed_apply(
+    session: AsyncSession, delivery: VerifiedWebhook, event: ParsedEvent
+) -> Receipt:
+    """The event whose apply failed, stored RECEIVED with the failure noted, for a retry."""
+    found = await _insert_received(session, delivery, event)
+    await session.commit()
+    if isinstance(found, repo.InsertedEvent):
+        await _note_failure(session, found.id, event.event_id, now=delivery.received_at)
+    return Receipt(event.event_id, duplicate=False, status=EventStatus.RECEIVED)
 
 
 async def _insert_received(
     session: AsyncSession, delivery: VerifiedWebhook, event: ParsedEvent
-) -> int | None:
+) -> repo.InsertedEvent | repo.StoredEvent | None:
     now = delivery.received_at
-    return await repo.insert_event(
+    return await repo.insert_or_read_event(
         session,
         request_id=event.event_id,
         event_type=webhook_type(event)[:64],
@@ -335,8 +393,22 @@ async def _apply_stored(
         if event_pk is None:
             logger.exception("could not claim webhook %s; it will be retried", request_id)
         else:
+            logger.exception(
+                "applying webhook %s failed; it stays stored to be retried", request_id
+            )
             await _note_failure(session, event_pk, request_id, now=now)
         return EventStatus.RECEIVED
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What applying an event writes back on its row."""
+
+    status: str
+    outcome: str
+    attempts: int
+    next_attempt_at: datetime | None
+    needs_operator: bool
 
 
 async def _apply_claimed(
@@ -347,34 +419,64 @@ async def _apply_claimed(
     now: datetime,
     by: _By = _RECEIVER,
 ) -> str:
+    """Apply a stored event the caller has claimed (locked), and write the outcome on it."""
     event = (
         parsed
         if parsed is not None
         else parse_webhook(row.body or b"", received_at=row.received_at)
     )
+    applied = await _apply_event(
+        session,
+        event,
+        request_id=row.request_id,
+        event_type=row.event_type,
+        attempts=row.attempts,
+        needs_operator=row.needs_operator,
+        now=now,
+        by=by,
+    )
+    row.attempts = applied.attempts
+    row.processed_at = now
+    row.next_attempt_at = applied.next_attempt_at
+    row.status = applied.status
+    row.outcome = applied.outcome
+    row.needs_operator = applied.needs_operator
+    return applied.status
+
+
+async def _apply_event(
+    session: AsyncSession,
+    event: ParsedEvent,
+    *,
+    request_id: str,
+    event_type: str | None,
+    attempts: int,
+    needs_operator: bool,
+    now: datetime,
+    by: _By = _RECEIVER,
+) -> _Outcome:
+    """Apply one event (this is its `attempts + 1`th try), raise its alert, and say what its
+    row is to record."""
     outcome = await _apply(session, event, now=now, by=by)
     if event.missing:
         outcome = await _note_missing(session, event, outcome)
-    row.attempts += 1
-    row.processed_at = now
-    row.next_attempt_at = None
+    attempts += 1
+    next_attempt_at = None
     if outcome.status is EventStatus.PARKED:
-        if row.attempts >= MAX_ATTEMPTS:
+        if attempts >= MAX_ATTEMPTS:
             outcome = EventOutcome(
                 EventStatus.UNMATCHED,
-                f"still no transaction {_transaction_ref(event)!r} after {row.attempts} attempts",
+                f"still no transaction {_transaction_ref(event)!r} after {attempts} attempts",
                 Alert(
                     "webhook_unmatched",
-                    f"webhook {row.request_id}",
-                    {"requestId": row.request_id, "transactionRef": _transaction_ref(event)},
+                    f"webhook {request_id}",
+                    {"requestId": request_id, "transactionRef": _transaction_ref(event)},
                 ),
             )
         else:
-            row.next_attempt_at = now + _backoff(row.attempts)
-    row.status = outcome.status
-    row.outcome = outcome.detail
+            next_attempt_at = now + _backoff(attempts)
     if outcome.alert is not None:
-        row.needs_operator = True
+        needs_operator = True
         add_alert(
             session,
             AlertSpec(
@@ -382,14 +484,15 @@ async def _apply_claimed(
             ),
         )
     log = logger.warning if outcome.alert else logger.info
-    log("webhook %s (%s): %s, %s", row.request_id, row.event_type, outcome.status, outcome.detail)
-    return outcome.status
+    log("webhook %s (%s): %s, %s", request_id, event_type, outcome.status, outcome.detail)
+    return _Outcome(outcome.status, outcome.detail, attempts, next_attempt_at, needs_operator)
 
 
 async def _note_failure(
     session: AsyncSession, event_pk: int, request_id: str, *, now: datetime
 ) -> None:
-    logger.exception("applying webhook %s failed; it stays stored and will be retried", request_id)
+    """Record a failed apply on the stored event (logged by the caller): due again with
+    backoff, handed to an operator after MAX_ATTEMPTS."""
     try:
         attempts = await repo.event_attempts(session, event_pk) + 1
         give_up = attempts >= MAX_ATTEMPTS
@@ -755,6 +858,7 @@ async def rematch_parked(
                 await session.commit()
             except Exception:
                 await session.rollback()
+                logger.exception("applying webhook %s failed; it stays stored", request_id)
                 await _note_failure(session, event_pk, request_id, now=now)
     return claimed
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.idempotency import service as idempotency
-from app.idempotency.service import IdempotencyRequestInProgress, IdempotentRequest, KeyClaim
+from app.idempotency.service import ClaimTaken, IdempotentRequest, KeyClaim, terms_for
 from app.processes.service import ProcessHeartbeat
 from bakkt_sandbox.testing import RunningSandbox
 from tests.funding.conftest import TokenFactory
@@ -175,13 +175,12 @@ async def test_an_intent_is_written_once_per_claim_and_release_keeps_it(
     # Two holders of one claim (a live one believed dead, and its taker) both try to write the
     # intent: only the first does; the other's release must not drop the key that now has one.
     req = IdempotentRequest(party, f"k-{uuid.uuid4()}", "POST", "/x", "f" * 64)
-    lease = idempotency.lease_for(api_settings)
-    first = await idempotency.claim(session, req, lease=lease, ttl=lease * 10)
+    first = await idempotency.claim(session, req, terms_for(api_settings, None))
     assert isinstance(first, KeyClaim)
     await idempotency.record_intent(session, first, None)
     await session.commit()
 
-    with pytest.raises(IdempotencyRequestInProgress):
+    with pytest.raises(ClaimTaken):
         await idempotency.record_intent(session, first, None)
     await idempotency.release(session, first)
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from app.core.metrics import METRICS
+from app.funding import service as funding_service
 from app.funding.schemas import DepositRequest
-from app.funding.service import FundingService
 from app.idempotency.service import fingerprint
 from bakkt_sandbox.testing import RunningSandbox
 from tests.funding.conftest import TokenFactory
@@ -397,7 +397,7 @@ async def test_an_unexpected_failure_before_the_intent_frees_the_key_at_once(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the database hiccupped")
 
-    monkeypatch.setattr(FundingService, "_check_limits", broken)
+    monkeypatch.setattr(funding_service, "_check_limits", broken)
     same = with_key(headers)
     url = f"/v1/parties/{party}/deposits"
     with pytest.raises(RuntimeError):
@@ -420,7 +420,7 @@ async def test_an_unexpected_failure_after_the_intent_lets_the_retry_resume_at_o
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug between the intent and the call")
 
-    monkeypatch.setattr(FundingService, "_submit", broken)
+    monkeypatch.setattr(funding_service, "_submit", broken)
     same = with_key(headers)
     url = f"/v1/parties/{party}/deposits"
     with pytest.raises(RuntimeError):

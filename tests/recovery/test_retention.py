@@ -82,3 +82,34 @@ async def test_retention_deletes_expired_keys_clears_old_bodies_and_keeps_histor
     assert (await sql("SELECT count(*) FROM transaction_history"))[0][0] == history_before
     assert (await sql("SELECT count(*) FROM transactions"))[0][0] == transactions_before
     assert metrics.value("recovery_retention_deleted_total", what="idempotency_keys") >= 2
+
+
+async def test_retention_forgets_the_limit_totals_of_hours_past_every_window(
+    sql: Execute,
+    factory: async_sessionmaker[AsyncSession],
+    rsettings: Settings,
+    party: str,
+) -> None:
+    for name, age in (("old", timedelta(days=40)), ("edge", timedelta(days=30, hours=23))):
+        await sql(
+            "INSERT INTO party_limit_usage (party_ref, direction, hour, amount_cents) VALUES "
+            "(:p, 'DEPOSIT', date_trunc('hour', clock_timestamp() - CAST(:a AS interval), "
+            "'UTC'), 1)",
+            {"p": f"{party}-{name}", "a": age},
+        )
+    await add_transfer(sql, party, status="COMPLETED", cents=2500, age=timedelta(hours=2))
+
+    result = await apply_retention(factory, rsettings, now=await db_now(sql), batch=1)
+
+    kept = await sql(
+        "SELECT party_ref, amount_cents FROM party_limit_usage WHERE party_ref LIKE :p "
+        "ORDER BY party_ref",
+        {"p": f"{party}%"},
+    )
+    # The transfer of two hours ago is still counted; 30 days and 23 hours is inside the day of
+    # margin; 40 days is past every window.
+    assert [(r[0], r[1]) for r in kept] == [
+        (party, 2500),
+        (f"{party}-edge", 1),
+    ]
+    assert result.limit_hours_forgotten >= 1

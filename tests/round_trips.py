@@ -1,0 +1,91 @@
+"""Counting the round trips a request makes to Postgres, as the driver sends them.
+
+Every statement is one (its prepared form is cached per connection after the first use, so a
+test warms the path up first), and so is every BEGIN, COMMIT, ROLLBACK and SAVEPOINT that
+reaches the server (a session in autocommit sends none). The side engines of the app (the
+heartbeat's, which names itself) are left out, so a test can count one request exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
+
+# Connections of these names are not the request's (app.processes names its heartbeat engine).
+_SIDE_ENGINES = ("fiat-onramp-heartbeat",)
+
+
+def _counted(adapted: Any) -> bool:
+    settings = adapted._connection.get_settings()
+    return getattr(settings, "application_name", "") not in _SIDE_ENGINES
+
+
+@dataclass
+class RoundTrips:
+    counting: bool = False
+    seen: Counter[str] = field(default_factory=Counter)
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[Counter[str]]:
+        self.seen = Counter()
+        self.counting = True
+        try:
+            yield self.seen
+        finally:
+            self.counting = False
+
+    def note(self, what: str) -> None:
+        if self.counting:
+            self.seen[what] += 1
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    trips = RoundTrips()
+    connection = sa_asyncpg.AsyncAdapt_asyncpg_connection
+    cursor = sa_asyncpg.AsyncAdapt_asyncpg_cursor
+
+    start, commit, rollback = (
+        connection._start_transaction,
+        connection.commit,
+        connection.rollback,
+    )
+    prepare_and_execute, executemany = cursor._prepare_and_execute, cursor._executemany
+
+    async def counting_start(self: Any) -> None:
+        if self.isolation_level != "autocommit" and _counted(self):
+            trips.note("BEGIN")
+        await start(self)
+
+    def counting_commit(self: Any) -> None:
+        if self._transaction is not None and _counted(self):
+            trips.note("COMMIT")
+        commit(self)
+
+    def counting_rollback(self: Any) -> None:
+        if self._transaction is not None and _counted(self):
+            trips.note("ROLLBACK")
+        rollback(self)
+
+    async def counting_execute(self: Any, operation: str, parameters: Any) -> None:
+        if _counted(self._adapt_connection):
+            trips.note(operation.split(None, 1)[0].upper())
+        await prepare_and_execute(self, operation, parameters)
+
+    async def counting_executemany(self: Any, operation: str, seq: Any) -> Any:
+        if _counted(self._adapt_connection):
+            trips.note(operation.split(None, 1)[0].upper())
+        return await executemany(self, operation, seq)
+
+    monkeypatch.setattr(connection, "_start_transaction", counting_start)
+    monkeypatch.setattr(connection, "commit", counting_commit)
+    monkeypatch.setattr(connection, "rollback", counting_rollback)
+    monkeypatch.setattr(cursor, "_prepare_and_execute", counting_execute)
+    monkeypatch.setattr(cursor, "_executemany", counting_executemany)
+    return trips
