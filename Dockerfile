@@ -4,6 +4,7 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
+# The runtime lock holds the `otel` extra: tracing is one OTEL_* setting away in the image.
 COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
@@ -14,7 +15,10 @@ RUN /opt/venv/bin/pip install --no-deps . \
 
 # Runtime stage: the virtualenv, the migrations, a non-root user; no build tools.
 FROM python:3.11-slim-bookworm
+# The source revision, shown by the fiat_onramp_build_info metric (`--build-arg REVISION=`).
+ARG REVISION=unknown
 ENV PATH=/opt/venv/bin:$PATH \
+    FIAT_ONRAMP_REVISION=$REVISION \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     APP_ENV=production \
@@ -25,7 +29,8 @@ WORKDIR /srv
 COPY --from=build /opt/venv /opt/venv
 COPY migrations ./migrations
 USER 10001:10001
-EXPOSE 8000
+# 8000: the API; 9000: INTERNAL_PORT when set (metrics, docs, probes).
+EXPOSE 8000 9000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 CMD ["fiat-onramp", "serve", "--host", "0.0.0.0", "--port", "8000"]

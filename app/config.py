@@ -5,16 +5,26 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from app.core.rates import Rate, parse_rate
 
 DEV_PARTNER_ID = "5f0c2b9e-6a3d-4c1e-9f7a-2d8e4b6a1c01"
 DEV_CLIENT_ID = "dev-client"
@@ -91,6 +101,35 @@ def _ip_networks(setting: str, entries: list[str], *, allow_any: bool) -> list[s
     return entries
 
 
+# An origin as a browser sends it: scheme, host, optional port; no path, not even a slash.
+_ORIGIN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
+_ROUTE_KEY = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE) (/\S*)$")
+
+RateSetting = Annotated[Rate, NoDecode, BeforeValidator(parse_rate)]
+
+
+def _route_rates(value: object) -> object:
+    """`RATE_LIMIT_ROUTES`: comma-separated `METHOD /path/template=N/unit` entries."""
+    if not isinstance(value, str):
+        return value
+    rates: dict[str, Rate] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        route, sep, rate = entry.rpartition("=")
+        route = " ".join(route.split())
+        if not sep or not _ROUTE_KEY.match(route):
+            raise ValueError(
+                f"entry {entry!r} is not `METHOD /path/template=N/unit` "
+                "(for example `POST /v1/parties/{partyRef}/deposits=10/minute`)"
+            )
+        try:
+            rates[route] = parse_rate(rate)
+        except ValueError as exc:
+            raise ValueError(f"entry {entry!r}: {rate.strip()!r} {exc}") from None
+    return rates
+
+
 def normalize_database_url(url: str) -> str:
     """Accept `postgresql://` (what most tools print) and give SQLAlchemy its asyncpg form."""
     for prefix in (
@@ -109,6 +148,8 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = AppEnv.DEVELOPMENT
     log_level: str = "INFO"
+    # JSON lines or plain text; unset: text in development, JSON otherwise (docs/operations.md).
+    log_format: Literal["json", "text"] | None = None
 
     # Unset means: `fiat-onramp dev` and the tests start an embedded Postgres.
     database_url: str | None = None
@@ -165,6 +206,38 @@ class Settings(BaseSettings):
     default_limit_per_30_days: Decimal = Decimal("250000")
 
     workers_enabled: bool = True
+
+    # Rate limits per party and per route, counted in each process (docs/operations.md says why
+    # and how to size them for N replicas). A route's own entry in `rate_limit_routes` wins over
+    # the reads (GET, HEAD) or writes default.
+    rate_limit_enabled: bool = True
+    rate_limit_reads: RateSetting = Rate(600, 60.0)
+    rate_limit_writes: RateSetting = Rate(60, 60.0)
+    rate_limit_routes: Annotated[dict[str, Rate], NoDecode, BeforeValidator(_route_rates)] = Field(
+        default_factory=dict
+    )
+
+    # Browser apps: the origins allowed to call the API (none by default: no CORS headers).
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Cookies or TLS client certificates from the browser; bearer tokens do not need it.
+    cors_allow_credentials: bool = False
+    cors_max_age: int = Field(default=600, ge=0, le=86400)
+    # Strict-Transport-Security in production; 0 leaves the header out.
+    hsts_max_age: int = Field(default=63_072_000, ge=0)
+
+    # The operations listener: /metrics, /docs, /redoc and /openapi.json (plus the probes) on a
+    # port of their own, off the public listener.
+    internal_port: int | None = Field(default=None, ge=1, le=65535)
+    # Defaults to the host the public listener binds (`serve --host`).
+    internal_host: str | None = None
+    # Whether the public listener also serves the operations routes. Unset: only while there is
+    # no internal port, and never in production.
+    public_ops_routes: bool | None = None
+    # /docs, /redoc and /openapi.json at all.
+    docs_enabled: bool = True
+
+    # SIGTERM: requests in flight get this long to finish, then they are cancelled.
+    shutdown_timeout: float = Field(default=40.0, gt=0)
 
     # Each process renews a heartbeat row this often; a consumer's idempotency claim whose
     # holding process has not renewed for `process_stale_after` seconds is taken over by the next
@@ -257,7 +330,7 @@ class Settings(BaseSettings):
     events_stream_heartbeat: float = Field(default=15.0, gt=0)
     events_stream_poll_interval: float = Field(default=5.0, gt=0)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "log_format", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -288,6 +361,7 @@ class Settings(BaseSettings):
         "partner_webhook_urls",
         "partner_webhook_secrets",
         "partner_webhook_retry_schedule",
+        "cors_allowed_origins",
         mode="before",
     )
     @classmethod
@@ -335,6 +409,42 @@ class Settings(BaseSettings):
     @classmethod
     def _forwarded_ips(cls, value: list[str]) -> list[str]:
         return _ip_networks("FORWARDED_ALLOW_IPS", value, allow_any=True)
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] in lower case, "
+                    "without a path or a trailing slash (https://app.example.com)"
+                )
+        if "*" in value and len(value) > 1:
+            raise ValueError("`*` allows every origin: list origins, or `*` alone")
+        return value
+
+    @field_validator("internal_host", "internal_port", "public_ops_routes", mode="before")
+    @classmethod
+    def _blank_optional_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _cors_credentials(self) -> Settings:
+        # Browsers refuse `*` with credentials anyway; saying so here beats a silent failure.
+        if self.cors_allow_credentials and "*" in self.cors_allowed_origins:
+            raise ValueError(
+                "CORS_ALLOWED_ORIGINS `*` with CORS_ALLOW_CREDENTIALS: list the origins instead"
+            )
+        return self
+
+    @property
+    def ops_routes_public(self) -> bool:
+        """Whether the public listener serves /metrics, /docs, /redoc and /openapi.json."""
+        if self.public_ops_routes is not None:
+            return self.public_ops_routes
+        return self.internal_port is None and self.app_env is not AppEnv.PRODUCTION
 
     @field_validator("auth_jwt_secret", "webhook_static_token", "auth_jwks_url", mode="before")
     @classmethod
@@ -404,9 +514,39 @@ class Settings(BaseSettings):
                     f"AUTH_JWT_SECRET is shorter than {MIN_HMAC_KEY_BYTES} bytes "
                     "(or set AUTH_JWKS_URL)"
                 )
+        if "*" in self.cors_allowed_origins:
+            problems.append("CORS_ALLOWED_ORIGINS must list origins, not `*`")
+        insecure = [o for o in self.cors_allowed_origins if o.startswith("http://")]
+        if insecure:
+            problems.append(f"CORS_ALLOWED_ORIGINS must be https:// origins ({insecure[0]})")
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.app_env is AppEnv.DEVELOPMENT else "json"
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redaction to remove by value."""
+        secrets = [
+            *self.bakkt_webhook_secrets,
+            self.bakkt_client_secret,
+            self.webhook_static_token,
+            self.auth_jwt_secret,
+        ]
+        # `model_copy(update=...)` skips validation: a plain string may stand where a
+        # SecretStr would.
+        values = [
+            s.get_secret_value() if isinstance(s, SecretStr) else str(s) for s in secrets if s
+        ]
+        if self.database_url:
+            password = make_url(self.database_url).password
+            if password:
+                values.append(str(password))
+        return values
 
 
 # The environment prefix of each settings class the command line loads, by pydantic's title.

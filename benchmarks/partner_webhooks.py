@@ -32,10 +32,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import migrate
 from app.config import Settings, normalize_database_url
+from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.partner_webhooks.dispatcher import Dispatcher
 from app.partner_webhooks.metrics import Backlog
-from app.recovery.metrics import Metrics
 
 SECRET = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ=="
 

@@ -37,18 +37,18 @@ def _subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _dockerfile() -> tuple[int, int]:
+def _dockerfile() -> tuple[int, set[int]]:
     text = (ROOT / "Dockerfile").read_text()
     user = re.findall(r"^USER (\d+)", text, re.M)[-1]
-    port = re.findall(r"^EXPOSE (\d+)", text, re.M)[-1]
-    return int(user), int(port)
+    ports = {int(p) for line in re.findall(r"^EXPOSE (.+)$", text, re.M) for p in line.split()}
+    return int(user), ports
 
 
 def check_manifests(name: str, docs: list[Doc], *, needs_secret: bool) -> None:
     by_kind: dict[str, list[Doc]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    uid, port = _dockerfile()
+    uid, exposed = _dockerfile()
     configmaps = {d["metadata"]["name"] for d in by_kind.get("ConfigMap", [])}
     secrets = {d["metadata"]["name"] for d in by_kind.get("Secret", [])}
     workloads = by_kind.get("Deployment", []) + by_kind.get("Job", [])
@@ -80,8 +80,8 @@ def check_manifests(name: str, docs: list[Doc], *, needs_secret: bool) -> None:
                 if needs_secret and (ref := source.get("secretRef")) and ref["name"] not in secrets:
                     fail(f"{where}: Secret {ref['name']} is not in the output")
             for p in container.get("ports", []):
-                if p["containerPort"] != port:
-                    fail(f"{where}: port {p['containerPort']} is not the image's {port}")
+                if p["containerPort"] not in exposed:
+                    fail(f"{where}: port {p['containerPort']} is not one the image exposes")
 
     strategy = api["spec"]["strategy"]["rollingUpdate"]
     if strategy.get("maxUnavailable") != 0:
@@ -95,6 +95,17 @@ def check_manifests(name: str, docs: list[Doc], *, needs_secret: bool) -> None:
     for probe, path in probes.items():
         if container.get(probe, {}).get("httpGet", {}).get("path") != path:
             fail(f"{name}: the API container's {probe} must GET {path}")
+    # INTERNAL_PORT (the ConfigMap) is the container port named `internal`, and the probes and
+    # the scrape name ports the container has.
+    container_ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    config = {k: v for d in by_kind.get("ConfigMap", []) for k, v in d.get("data", {}).items()}
+    internal = config.get("INTERNAL_PORT", "")
+    if internal and container_ports.get("internal") != int(internal):
+        fail(f"{name}: INTERNAL_PORT {internal} is not the container port named `internal`")
+    for probe in probes:
+        port_name = container.get(probe, {}).get("httpGet", {}).get("port")
+        if port_name not in container_ports:
+            fail(f"{name}: the {probe} asks port {port_name}, which the container lacks")
     for kind in ("Service", "PodDisruptionBudget"):
         for doc in by_kind.get(kind, []):
             selector = doc["spec"]["selector"]
@@ -105,10 +116,28 @@ def check_manifests(name: str, docs: list[Doc], *, needs_secret: bool) -> None:
     for monitor in by_kind.get("ServiceMonitor", []):
         if not _subset(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]):
             fail(f"{name}: the ServiceMonitor does not select the Service")
-        ports = {p["name"] for p in service["spec"]["ports"]}
+        ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
             if endpoint["port"] not in ports:
                 fail(f"{name}: ServiceMonitor port {endpoint['port']} is not a Service port")
+            elif internal and ports[endpoint["port"]] != "internal":
+                fail(f"{name}: with INTERNAL_PORT set, /metrics is scraped on the internal port")
+    for monitor in by_kind.get("PodMonitor", []):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        pods = [
+            _pod(d)
+            for d in by_kind.get("Deployment", [])
+            if _subset(selector, _pod(d)["metadata"]["labels"])
+        ]
+        if not pods:
+            fail(f"{name}: PodMonitor/{monitor['metadata']['name']} selects no pods")
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            for pod in pods:
+                named = {
+                    p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])
+                }
+                if endpoint["port"] not in named:
+                    fail(f"{name}: PodMonitor port {endpoint['port']} is not a port of its pods")
     for secret in by_kind.get("Secret", []):
         for key, value in secret.get("stringData", {}).items():
             if value and "PLACEHOLDER" not in value:

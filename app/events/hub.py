@@ -93,6 +93,7 @@ class EventHub:
         self._wake = asyncio.Event()
         self._notified = 0
         self._head: int | None = None
+        self._reading = 0
         self._task: asyncio.Task[None] | None = None
         self._started: asyncio.Event | None = None
         self._closed = False
@@ -100,9 +101,10 @@ class EventHub:
 
     @property
     def head(self) -> int:
-        """The last seq the hub has handed to its subscriptions (after `subscribe()`)."""
-        assert self._head is not None  # noqa: S101 - known once started
-        return self._head
+        """The newest seq the hub knows of: handed out, or being read now. A subscription
+        taken now gets every event above it (a read in progress names the parties it had when
+        it began, so what it reads is below this)."""
+        return max(self._head or 0, self._reading)
 
     @property
     def streams(self) -> int:
@@ -192,6 +194,7 @@ class EventHub:
     async def _deliver(self, upto: int) -> None:
         """Hand every stream its party's events in (head, upto]."""
         assert self._head is not None  # noqa: S101 - set before the first delivery
+        self._reading = max(self._reading, upto)
         while self._head < upto:
             parties = list(self._subs)
             if not parties:

@@ -134,3 +134,18 @@ async def parties_range(
 async def head(session: AsyncSession) -> int:
     """The highest seq given so far (0 before the first)."""
     return int((await session.execute(_HEAD)).scalar_one())
+
+
+# Rows still waiting for their number: what readers cannot see yet (the partial index on
+# local_id WHERE seq IS NULL keeps this cheap however long the table grows).
+_UNNUMBERED = text(
+    "SELECT count(*) AS waiting,"
+    " coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0) AS oldest"
+    " FROM events WHERE seq IS NULL"
+)
+
+
+async def unnumbered(session: AsyncSession) -> tuple[int, float]:
+    """How many committed events wait for the sequencer, and the oldest one's age in seconds."""
+    row = (await session.execute(_UNNUMBERED)).one()
+    return int(row.waiting), float(row.oldest)

@@ -5,11 +5,11 @@ commits (a `before_commit` hook), inside the same database transaction as the ch
 rollback drops the queue with the change, so an event row exists if and only if its change
 committed, and there is no "publish after commit" step for a crash to skip.
 
-A transaction's move is rendered at once: `state.transition` sets every public field of the move
-before it records it, and two moves in one database transaction each publish their own state. A
-hold, its release and a bank account's change are rendered at commit, from the row as the
-transaction leaves it: their writers (the `held_for_review` flag's attribute event,
-`add_bank_account_history`) run before the caller has set the rest of the change.
+A transaction's move, hold or release is rendered at once: `state.transition` sets every public
+field of the move before it records it, and two moves in one database transaction each publish
+their own state, in order. A bank account's change is rendered at commit, from the row as the
+transaction leaves it: its writer (`add_bank_account_history`) runs before the caller sets the
+new status and reason.
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ def transaction_moved(session: AsyncSession | Session, txn: Transaction) -> None
 def _hold_changed(txn: Transaction, value: object, old: object, _initiator: object) -> None:
     """A hold and its release, by whichever code sets the flag (the hold in
     `bakkt_sync._hold`, an operator's release): `transaction.held_for_review` /
-    `transaction.released`, rendered at commit, when the code that set it has set the rest."""
+    `transaction.released`, with the transaction as it is then. Rendered at once, like a move:
+    a release applies the words it let through afterwards, and their events follow with their
+    own states, in order."""
     if not isinstance(old, bool) or bool(value) == old:
         # A new row (no old value) or no change: nothing to announce.
         return
@@ -142,11 +144,7 @@ def _hold_changed(txn: Transaction, value: object, old: object, _initiator: obje
     if session is None:
         raise RuntimeError(f"transaction {txn.id}: hold changed outside a session, no event")
     type_ = EventType.TRANSACTION_HELD_FOR_REVIEW if value else EventType.TRANSACTION_RELEASED
-
-    def render(_sync: Session) -> tuple[str, dict[str, Any]]:
-        return txn.party_ref, dump(transaction_out(txn))
-
-    _queue(session, _Queued(type_, txn.id, render))
+    transaction_event(session, txn, type_)
 
 
 def bank_account_event(

@@ -62,6 +62,10 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready; the body names what is not ready"}},
 )
 async def readyz(request: Request) -> JSONResponse:
+    draining = getattr(request.app.state, "draining", None)
+    if draining is not None and draining.is_set():
+        # Shutting down (SIGTERM): out of the load balancer while the last requests finish.
+        return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
     engine: AsyncEngine = request.app.state.engine
     checks: dict[str, Any] = {}
     ready = True

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.alerts.service import AlertSpec, add_alert_once
 from app.config import Settings, webhook_secret_key
 from app.core.clock import db_now
+from app.core.metrics import METRICS, Metrics
 from app.events.listen import Listener
 from app.partner_webhooks import metrics as pm
 from app.partner_webhooks import repository as repo
@@ -39,7 +40,6 @@ from app.partner_webhooks.models import DisabledReason, EndpointSource, Endpoint
 from app.partner_webhooks.repository import ClaimedLane, EndpointTarget, PendingDelivery
 from app.partner_webhooks.schedule import retry_delay
 from app.partner_webhooks.sender import Attempt, Outcome, Sender, redacted
-from app.recovery.metrics import METRICS, Metrics
 
 log = logging.getLogger("app.partner_webhooks")
 

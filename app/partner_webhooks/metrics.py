@@ -1,12 +1,11 @@
-"""Delivery outcomes and outbox lag, as plain counters and gauges on the process's registry
-(`/metrics`). Minimal on purpose: the registry itself is being replaced (prometheus-client), and
-these names are what the replacement should keep."""
+"""The names of the delivery counters (declared with the others in `app.core.metrics`), and the
+dispatcher's own last reading of its backlog. The backlog gauges on `/metrics` read the same
+figures from the database at scrape time (`app.recovery.gauges`), so every replica shows them
+whether or not it runs the workers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from app.recovery.metrics import Metrics
 
 # Counter names (with the registry's `fiat_onramp_` prefix on /metrics).
 ATTEMPTS = "partner_webhook_attempts_total"  # label outcome: delivered, http_error, ...
@@ -24,21 +23,3 @@ class Backlog:
 
 
 BACKLOG = Backlog()
-
-
-def watch_backlog(metrics: Metrics, backlog: Backlog = BACKLOG) -> None:
-    metrics.gauge(
-        "partner_webhook_fanout_lag_events",
-        lambda: backlog.fanout_lag,
-        "Numbered events not yet turned into deliveries (worst enabled endpoint)",
-    )
-    metrics.gauge(
-        "partner_webhook_pending_deliveries",
-        lambda: backlog.pending,
-        "Events not yet acknowledged by an enabled endpoint",
-    )
-    metrics.gauge(
-        "partner_webhook_oldest_pending_seconds",
-        lambda: backlog.oldest_pending_seconds,
-        "Age of the oldest event not yet acknowledged by an enabled endpoint",
-    )

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import signal
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,7 +27,10 @@ from app.bakkt.client import BakktClient
 from app.bakkt.errors import BakktError
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings
+from app.core import tracing
 from app.core.backoff import backoff
+from app.core.context import request_id_var
+from app.core.metrics import METRICS, Metrics
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
 from app.events.sequencer import Sequencer
@@ -35,7 +39,6 @@ from app.partner_webhooks.dispatcher import Dispatcher
 from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
 from app.recovery.links import expire_abandoned_links
-from app.recovery.metrics import METRICS, Metrics
 from app.recovery.reconcile import run_scheduled_reconcile
 from app.recovery.retention import apply_retention
 from app.recovery.settle import settle_unknown
@@ -260,9 +263,12 @@ class Workers:
         await self._pause(job.interval * _rng.uniform(0.1, 0.5), job.wake)
         while not self._stopping.is_set():
             delay = job.interval * _rng.uniform(0.8, 1.2)
+            # Each cycle has an id of its own, as a request has: on its log lines and, as
+            # `x-tracking-id`, on its calls to Bakkt.
+            request_id_var.set(str(uuid.uuid4()))
             try:
                 if job.uses_bakkt and self.breaker is not None and self.breaker.is_open():
-                    self.metrics.inc("recovery_skipped_circuit_open_total", job=job.name)
+                    self.metrics.inc("recovery_skipped_circuit_open_total", worker=job.name)
                 else:
                     done = await job.cycle()
                     if job.full_batch is not None and done >= job.full_batch:
@@ -277,7 +283,7 @@ class Workers:
                 failures += 1
                 delay = backoff(failures, base=1.0, cap=ERROR_BACKOFF_CAP)
                 if is_database_unavailable(exc):
-                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="database")
+                    self.metrics.inc("job_errors_total", worker=job.name, cause="database")
                     if not in_outage:
                         log.warning(
                             "recovery job %s: database unavailable (%s: %s); backing off",
@@ -287,7 +293,7 @@ class Workers:
                         )
                     in_outage = True
                 else:
-                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="error")
+                    self.metrics.inc("job_errors_total", worker=job.name, cause="error")
                     log.exception(
                         "recovery job %s failed (%d in a row); next try in %.0f s",
                         job.name,
@@ -315,6 +321,9 @@ class Workers:
 async def run_standalone(settings: Settings) -> None:
     """`fiat-onramp worker`: the recovery workers in their own process, until SIGTERM/SIGINT."""
     engine = create_engine(settings)
+    provider = tracing.setup_tracing()
+    if provider is not None:
+        tracing.instrument_engine(engine, provider)
     try:
         factory = create_session_factory(engine)
         heartbeat = ProcessHeartbeat(
@@ -333,5 +342,7 @@ async def run_standalone(settings: Settings) -> None:
             finally:
                 await workers.stop()
                 await heartbeat.stop()
+                if provider is not None:
+                    provider.force_flush()
     finally:
         await engine.dispose()

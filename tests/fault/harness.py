@@ -322,6 +322,88 @@ async def run_cli(
     return proc.returncode or 0, out.decode(errors="replace")
 
 
+# --- a load balancer ------------------------------------------------------------------------------
+
+
+class RoundRobinProxy:
+    """A TCP load balancer in front of service replicas, as a cluster's ingress is: each new
+    connection goes to the next replica; a replica that refuses a connection is passed over for
+    `down_for` seconds and the connection is tried on the next (nginx's passive health check).
+    An open connection stays with its replica, so keep-alive clients stick until it goes away."""
+
+    def __init__(self, backends: list[int], *, down_for: float = 1.0) -> None:
+        self.backends = list(backends)
+        self.down_for = down_for
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.connections: Counter[int] = Counter()
+        self.refused: Counter[int] = Counter()
+        self.unserved = 0
+        self._next = 0
+        self._down_until: dict[int, float] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = await self._connect()
+        if upstream is None:
+            self.unserved += 1
+            writer.close()
+            return
+        up_reader, up_writer = upstream
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            writer.close()
+            up_writer.close()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        # Replicas not passed over first, then (all down) every one once more.
+        order = [
+            self.backends[(self._next + i) % len(self.backends)] for i in range(len(self.backends))
+        ]
+        self._next += 1
+        now = time.monotonic()
+        order.sort(key=lambda port: self._down_until.get(port, 0.0) > now)
+        for port in order:
+            try:
+                found = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                self.refused[port] += 1
+                self._down_until[port] = time.monotonic() + self.down_for
+                continue
+            self.connections[port] += 1
+            return found
+        return None
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # One side gone ends the exchange on both (HTTP clients do not half-close).
+            writer.close()
+
+
 # --- the partner's app --------------------------------------------------------------------------
 
 
@@ -384,7 +466,9 @@ class PartnerApp:
     """Deposits as the partner's back end makes them: an admin token, a fresh Idempotency-Key per
     intended deposit, and every failure without a definite answer retried with that same key."""
 
-    def __init__(self, base_url: str, *, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, *, request_timeout: float = 30.0, keep_alive: bool = True
+    ) -> None:
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         from app.auth.dev_token import mint_dev_token
 
@@ -394,7 +478,11 @@ class PartnerApp:
             base_url=base_url,
             timeout=request_timeout,
             headers={"Authorization": f"Bearer {self.token}"},
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            # Without keep-alive every request is a connection of its own: what a balancer that
+            # balances each request (an ingress) does, with a TCP one.
+            limits=httpx.Limits(
+                max_connections=200, max_keepalive_connections=50 if keep_alive else 0
+            ),
         )
         self.answers: list[Answer] = []
         self.in_flight = 0

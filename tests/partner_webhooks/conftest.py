@@ -23,10 +23,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.partner_webhooks.dispatcher import Dispatcher
 from app.partner_webhooks.metrics import Backlog
-from app.recovery.metrics import Metrics
 
 SECRET_A = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ=="  # 32 bytes of "A"
 SECRET_B = "whsec_" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQg=="  # 32 bytes of "B"

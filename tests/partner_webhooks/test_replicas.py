@@ -13,10 +13,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.partner_webhooks.dispatcher import Dispatcher
 from app.partner_webhooks.metrics import Backlog
-from app.recovery.metrics import Metrics
 from tests.partner_webhooks.conftest import SECRET_A, Receiver
 
 

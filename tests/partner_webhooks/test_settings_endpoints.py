@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.partner_webhooks.dispatcher import Dispatcher, settings_endpoint_id
 from app.partner_webhooks.metrics import Backlog
-from app.recovery.metrics import Metrics
 from tests.partner_webhooks.conftest import (
     SECRET_A,
     SECRET_B,
