@@ -114,7 +114,9 @@ def sql(connection: AsyncConnection) -> Execute:
 def wsettings(settings: Settings) -> Settings:
     return settings.model_copy(
         update={
-            "partner_webhook_timeout": 1.0,
+            # Generous: the receiver shares the test's event loop on a loaded machine, and an
+            # attempt that times out is a different test's subject.
+            "partner_webhook_timeout": 3.0,
             "partner_webhook_lease": 30.0,
             "partner_webhook_concurrency": 8,
         }
