@@ -219,8 +219,12 @@ async def test_worker_command_runs_until_sigterm(database_url: str, tmp_path: Pa
     assert proc.stderr is not None
     try:
         async with asyncio.timeout(30):
-            while b"recovery workers started" not in await proc.stderr.readline():
-                assert proc.returncode is None
+            seen = b""
+            while b"recovery workers started" not in seen:
+                # At EOF readline returns at once without yielding: a worker that died at
+                # start-up would otherwise spin here with the timeout never firing.
+                seen = await proc.stderr.readline()
+                assert seen, "the worker exited before it started its jobs"
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             _, rest = await proc.communicate()
