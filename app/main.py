@@ -99,7 +99,6 @@ def create_app(
                 poll_interval=settings.events_stream_poll_interval,
             )
             app.state.event_hub = hub
-            hub.start()
             stack.push_async_callback(hub.close)
             draining_watch = asyncio.create_task(_close_on_drain(app, hub))
             stack.callback(draining_watch.cancel)

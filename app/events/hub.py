@@ -40,8 +40,10 @@ READ_BATCH = 500
 # A stream that falls this far behind (a client that stopped reading) drops its queue and
 # reads its backlog again from the database instead of holding events in memory.
 MAX_QUEUED = 1000
-# How long a first subscription waits for the hub to read where the event order stands.
-START_TIMEOUT = 5.0
+# How long a subscription waits for the hub to read where the event order stands (the first
+# one starts it). Generous: a thousand streams opening at once keep the loop busy with their
+# token checks while the hub makes its first read.
+START_TIMEOUT = 30.0
 
 
 def sse_message(event: StoredEvent) -> str:
@@ -78,7 +80,7 @@ class Subscription:
 
 
 class EventHub:
-    """Started on the first subscription; `close()` ends every stream."""
+    """Started by the first subscription; `close()` ends every stream."""
 
     def __init__(
         self,
@@ -116,7 +118,8 @@ class EventHub:
         self._wake.set()
 
     def start(self) -> None:
-        """Start listening (the lifespan does, so the first stream finds the hub ready)."""
+        """Start listening. The first subscription does: a process (or a test's app) that
+        never serves a stream holds no LISTEN connection."""
         if self._task is None and not self._closed:
             self._started = asyncio.Event()
             self._task = asyncio.create_task(self._run(), name="events:hub")
