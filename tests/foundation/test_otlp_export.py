@@ -15,7 +15,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tests.conftest import REPO_ROOT
 
-
 ROUTE_SPAN = "GET /v1/parties/{partyRef}"
 
 
