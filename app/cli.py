@@ -19,7 +19,13 @@ import uvicorn
 from pydantic import ValidationError
 
 from app import migrate
-from app.config import Settings, describe_settings_error, get_settings, is_settings_error
+from app.config import (
+    AppEnv,
+    Settings,
+    describe_settings_error,
+    get_settings,
+    is_settings_error,
+)
 from app.core import tracing
 from app.core.logs import configure_logging, register_secrets
 from app.core.metrics import prepare_multiprocess, remove_multiprocess_dir
@@ -147,16 +153,36 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
             create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings)
         )
         server = uvicorn.Server(config)
-        print(f"fiat-onramp on http://{args.host}:{args.port} (docs at /docs)")
+        root = f"http://{args.host}:{args.port}"
+        demo = settings.app_env is AppEnv.DEVELOPMENT
+        print(f"fiat-onramp on {root} (docs at /docs{', the demo at /demo' if demo else ''})")
+        opener = (
+            asyncio.create_task(_open_when_started(server, f"{root}/demo"))
+            if args.open_demo and demo
+            else None
+        )
         try:
             await server.serve()
         finally:
+            if opener is not None:
+                opener.cancel()
             if sandbox_server is not None:
                 # Its shutdown writes the last snapshot.
                 await sandbox_server.stop()
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+async def _open_when_started(server: uvicorn.Server, url: str) -> None:
+    # uvicorn.Server offers `started` as a flag only, no event to wait on.
+    while not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    import webbrowser
+
+    # False (or nothing at all) on a machine without a browser: the URL is printed either way.
+    if not await asyncio.to_thread(webbrowser.open, url):
+        print(f"no browser to open here; the demo is at {url}")
 
 
 def _postgres_running(data_dir: Path) -> bool:
@@ -409,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset",
         action="store_true",
         help="first forget the embedded database and the sandbox's state (.data/), together",
+    )
+    dev.add_argument(
+        "--open-demo",
+        action="store_true",
+        help="open the demo (/demo) in the browser once the service listens (`make demo`)",
     )
     dev.set_defaults(func=cmd_dev)
 

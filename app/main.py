@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -17,7 +18,7 @@ from app import migrate
 from app.admin.router import router as admin_router
 from app.bakkt.client import BakktClient
 from app.bakkt.setup import bakkt_breaker, bakkt_config
-from app.config import Settings, get_settings
+from app.config import AppEnv, Settings, get_settings
 from app.core import tracing
 from app.core.logs import register_secrets
 from app.core.metrics import METRICS, Metrics, worker_exited
@@ -27,10 +28,15 @@ from app.core.middleware import (
     RequestObservationMiddleware,
 )
 from app.db import create_engine, create_session_factory
+from app.demo.router import install_demo
 from app.docs_assets import install_docs
 from app.errors import install_error_handlers
+from app.events.hub import EventHub
+from app.events.openapi import declare_event_webhooks
+from app.events.router import router as events_router
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
+from app.partner_webhooks.router import router as partner_webhooks_router
 from app.processes.service import ProcessHeartbeat
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
@@ -80,6 +86,20 @@ def create_app(
                 )
             else:
                 app.state.bakkt = bakkt
+            # One per process: every SSE stream of this process hangs off its one LISTEN.
+            # Its reads (and the streams' backlogs) are of committed rows only: on the engine
+            # itself, whatever session factory the requests are given.
+            app.state.event_reads = create_session_factory(app_engine)
+            hub = EventHub(
+                app.state.event_reads,
+                app_engine.url,
+                poll_interval=settings.events_stream_poll_interval,
+            )
+            app.state.event_hub = hub
+            hub.start()
+            stack.push_async_callback(hub.close)
+            draining_watch = asyncio.create_task(_close_on_drain(app, hub))
+            stack.callback(draining_watch.cancel)
             heartbeat = ProcessHeartbeat(
                 app_engine.url,
                 kind="serve",
@@ -113,12 +133,20 @@ def create_app(
     app.state.metrics = metrics
     metrics.build(app.version, os.environ.get("FIAT_ONRAMP_REVISION", "unknown"))
     app.state.schema_head = migrate.head_revision()
+    # Set on shutdown (SIGTERM): open event streams end so their clients resume elsewhere.
+    app.state.draining = asyncio.Event()
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(funding_router)
     app.include_router(webhooks_router)
     app.include_router(recovery_router)
     app.include_router(admin_router)
+    app.include_router(events_router)
+    app.include_router(partner_webhooks_router)
+    declare_event_webhooks(app)
+    if settings.app_env is AppEnv.DEVELOPMENT:
+        # It hands out tokens for any party to anyone who asks: never in production.
+        install_demo(app)
     metrics.known_routes(_declared_responses(app))
     app.add_middleware(
         BodySizeLimitMiddleware,
@@ -132,6 +160,12 @@ def create_app(
     if tracer_provider is not None:
         tracing.instrument_app(app, tracer_provider)
     return app
+
+
+async def _close_on_drain(app: FastAPI, hub: EventHub) -> None:
+    draining: asyncio.Event = app.state.draining
+    await draining.wait()
+    await hub.close()
 
 
 def _declared_responses(app: FastAPI) -> list[tuple[str, str, list[int]]]:

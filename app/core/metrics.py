@@ -149,6 +149,23 @@ RECOVERY_COUNTERS: Mapping[str, CounterSpec] = {
         ("worker",),
         tuple((j,) for j in JOBS),
     ),
+    # Webhooks to the partner's back end (app/partner_webhooks, docs/partner-webhooks.md).
+    "partner_webhook_attempts_total": CounterSpec(
+        "Webhook sends to the partner's endpoints, by outcome",
+        ("outcome",),
+        tuple(
+            (o,)
+            for o in ("delivered", "http_error", "redirect", "timeout", "connection", "refused")
+        ),
+    ),
+    "partner_webhook_endpoints_disabled_total": CounterSpec(
+        "Partner webhook endpoints disabled, by reason",
+        ("reason",),
+        tuple((r,) for r in ("admin", "gone", "failing", "removed_from_settings")),
+    ),
+    "partner_webhook_fanned_out_total": CounterSpec(
+        "Events turned into deliveries to partner endpoints"
+    ),
     "job_errors_total": CounterSpec(
         "Failed cycles of a background job, by job (`worker`) and cause",
         ("worker", "cause"),

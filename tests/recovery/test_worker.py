@@ -169,6 +169,9 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
             "recovery:retention",
             "recovery:expire_links",
             "recovery:heartbeat",
+            "recovery:sequence_events",
+            "recovery:partner_webhooks",
+            "recovery:partner_webhook_retention",
         }
     assert recovery_tasks() == set()
 
