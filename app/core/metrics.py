@@ -290,6 +290,14 @@ class Metrics:
 
     # --- what the service's parts report -----------------------------------------------------
 
+    def known_jobs(self, names: Iterable[str]) -> None:
+        """Job error and skip counters at 0 for each job a process runs (jobs added later than
+        `JOBS` included)."""
+        for name in names:
+            for cause in JOB_ERROR_CAUSES:
+                self._counters["job_errors_total"].labels(name, cause)
+            self._counters["recovery_skipped_circuit_open_total"].labels(name)
+
     def known_webhook_rejections(self, codes: Iterable[str]) -> None:
         for code in codes:
             self.webhooks_rejected.labels(code)
