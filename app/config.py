@@ -533,6 +533,7 @@ class Settings(BaseSettings):
         """Every secret these settings hold, for the log redaction to remove by value."""
         secrets = [
             *self.bakkt_webhook_secrets,
+            *self.partner_webhook_secrets,
             self.bakkt_client_secret,
             self.webhook_static_token,
             self.auth_jwt_secret,

@@ -38,8 +38,10 @@ BAKKT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 
 # What one call to Bakkt ended as (label `outcome` of `bakkt_requests_total`).
 BAKKT_OUTCOMES = (
-    "ok",  # a 2xx answer (or a 409 replaying one)
-    "rejected",  # a 4xx answer: Bakkt refused, nothing happened
+    "ok",  # a 2xx answer
+    # A 4xx answer: a refusal, a look-up of what Bakkt does not have, a 409 replaying an
+    # earlier answer (the client then reads what it replays).
+    "rejected",
     "rate_limited",  # 429 past what the call may wait
     "unavailable",  # no usable answer, and the request certainly did nothing
     "unknown",  # no usable answer after a send that may have reached Bakkt
@@ -289,6 +291,14 @@ class Metrics:
         (counter.labels(**labels) if labels else counter).inc(amount)
 
     # --- what the service's parts report -----------------------------------------------------
+
+    def known_jobs(self, names: Iterable[str]) -> None:
+        """Job error and skip counters at 0 for each job a process runs (jobs added later than
+        `JOBS` included)."""
+        for name in names:
+            for cause in JOB_ERROR_CAUSES:
+                self._counters["job_errors_total"].labels(name, cause)
+            self._counters["recovery_skipped_circuit_open_total"].labels(name)
 
     def known_webhook_rejections(self, codes: Iterable[str]) -> None:
         for code in codes:

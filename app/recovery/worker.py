@@ -193,6 +193,7 @@ class Workers:
         self.jobs = list(jobs)
         self.breaker = breaker
         self.metrics = metrics or METRICS
+        self.metrics.known_jobs(job.name for job in self.jobs)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -3,6 +3,7 @@ every logger at DEBUG, and none of the values in what was written."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -26,6 +27,10 @@ ACCOUNT_NUMBER = "99887766554433"
 WIRE_ACCOUNT = "55443322110099"
 STATIC_TOKEN = f"static-webhook-token-{uuid.uuid4().hex}"
 FORGED_BEARER = f"forged{uuid.uuid4().hex}"
+# Signing secrets of the partner's webhook endpoints: one from the settings, two given by API.
+PARTNER_SECRET = "whsec_" + base64.b64encode(uuid.uuid4().bytes * 2).decode()
+ENDPOINT_SECRET = "whsec_" + base64.b64encode(uuid.uuid4().bytes * 2).decode()
+ROTATED_SECRET = "whsec_" + base64.b64encode(uuid.uuid4().bytes * 2).decode()
 
 
 @pytest.fixture
@@ -56,7 +61,11 @@ async def test_no_secret_reaches_a_log_line_on_any_route(
 ) -> None:
     # `captured` first: the test's connection is made with every logger at DEBUG already, so
     # SQLAlchemy writes each statement and its parameters too.
-    http = await api_with(webhook_static_token=SecretStr(STATIC_TOKEN))  # type: ignore[operator]
+    http = await api_with(  # type: ignore[operator]
+        webhook_static_token=SecretStr(STATIC_TOKEN),
+        partner_webhook_secrets=[SecretStr(PARTNER_SECRET)],
+        partner_webhook_allow_private_targets=True,
+    )
     party = f"p-{uuid.uuid4().hex[:12]}"
     bearer = mint_dev_token(api_settings, party)
     headers = {"Authorization": f"Bearer {bearer}"}
@@ -165,6 +174,43 @@ async def test_no_secret_reaches_a_log_line_on_any_route(
     await http.post("/v1/admin/alerts/999999999/resolve", json=note, headers=with_key(admin))
     await http.delete(f"{base}/bank-accounts/{account_id}", headers=with_key(headers))
 
+    # The events the partner's apps read, and the stream (a bad cursor: answered, not held open).
+    await http.get("/v1/events", headers=admin)
+    await http.get(f"{base}/events", headers=headers)
+    stream = await http.get(f"{base}/events/stream", params={"after": "x"}, headers=headers)
+    assert stream.status_code == 400
+    # The partner's webhook endpoints, with signing secrets given and rotated by API.
+    created = await http.post(
+        "/v1/webhook-endpoints",
+        json={"url": "http://127.0.0.1:9/hooks", "secrets": [ENDPOINT_SECRET]},
+        headers=with_key(admin),
+    )
+    assert created.status_code == 201, created.text
+    endpoint = f"/v1/webhook-endpoints/{created.json()['id']}"
+    await http.get("/v1/webhook-endpoints", headers=admin)
+    await http.get(endpoint, headers=admin)
+    await http.patch(endpoint, json={"secrets": [ROTATED_SECRET]}, headers=with_key(admin))
+    await http.post(f"{endpoint}/redeliveries", json={}, headers=with_key(admin))
+    await http.get(f"{endpoint}/attempts", headers=admin)
+    await http.post(f"{endpoint}/disable", json={}, headers=with_key(admin))
+    await http.post(f"{endpoint}/enable", json={}, headers=with_key(admin))
+    refused_secret = await http.post(
+        "/v1/webhook-endpoints",
+        json={"url": "http://127.0.0.1:9/hooks", "secrets": [ENDPOINT_SECRET[:12]]},
+        headers=with_key(admin),
+    )
+    assert refused_secret.status_code == 422
+    # The development demo: a minted token, and the sandbox's control API through it.
+    await http.get("/demo")
+    await http.get("/demo/config")
+    minted = await http.post("/demo/token", json={"partyRef": party})
+    demo_token = minted.json()["token"]
+    await http.get(
+        f"/demo/sandbox/parties/{party}", headers={"Authorization": f"Bearer {demo_token}"}
+    )
+    await http.post(f"/demo/sandbox/parties/{party}/credit", json={"amount": "1.00"})
+    await http.delete("/demo/sandbox/faults")
+
     now = datetime.now(UTC)
     event = fiat(
         f"evt-{uuid.uuid4().hex}",
@@ -192,6 +238,11 @@ async def test_no_secret_reaches_a_log_line_on_any_route(
     lines = [json.loads(line) for line in written.splitlines()]
     for secret in (
         bearer,
+        demo_token,
+        PARTNER_SECRET,
+        ENDPOINT_SECRET,
+        ENDPOINT_SECRET[:12],
+        ROTATED_SECRET,
         FORGED_BEARER,
         PROCESSOR_TOKEN,
         PROCESSOR_TOKEN.removeprefix("processor-sandbox-"),

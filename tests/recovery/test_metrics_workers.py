@@ -101,7 +101,9 @@ async def test_two_workers_are_scraped_as_one(database_url: str, tmp_path: Path)
                 scrape = await http.get(f"http://127.0.0.1:{port}/metrics")
         assert scrape.status_code == 200
         assert _healthz_count(scrape.text) == sent
-        assert len(list(metrics_dir.glob("counter_*.db"))) == 2
+        # One file per worker process (a worker the supervisor restarted leaves its own: its
+        # counts still add up).
+        assert len(list(metrics_dir.glob("counter_*.db"))) >= 2
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             await proc.wait()

@@ -234,3 +234,14 @@ async def test_worker_command_runs_until_sigterm(database_url: str, tmp_path: Pa
             await proc.wait()
     assert proc.returncode == 0
     assert b"recovery workers stopped" in rest
+
+
+def test_each_job_s_error_counters_exist_at_zero_from_the_start() -> None:
+    async def cycle() -> int:
+        return 0
+
+    metrics = Metrics()
+    Workers([Job("a_job_added_later", 1.0, cycle)], metrics=metrics)
+    for cause in ("database", "error"):
+        labels = {"worker": "a_job_added_later", "cause": cause}
+        assert metrics.registry.get_sample_value("fiat_onramp_job_errors_total", labels) == 0
