@@ -122,8 +122,9 @@ def create_app(
     app.include_router(admin_router)
     if app.state.rate_limits is not None:
         app.state.rate_limits.bind_routes(app.routes)
-    # Added innermost first: a request meets RequestId, SecurityHeaders, the shutdown cut,
-    # CORS, the listener gate, then the body limit.
+    # Added innermost first: a request meets RequestId, SecurityHeaders, CORS (so that a
+    # browser app can read every answer below it), the shutdown cut, the listener gate, then
+    # the body limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
@@ -135,8 +136,8 @@ def create_app(
         app.add_middleware(
             ListenerGate, ops_public=settings.ops_routes_public, docs_enabled=settings.docs_enabled
         )
-    install_cors(app, settings)
     app.add_middleware(shutdown.ShutdownCutMiddleware, draining=app.state.draining)
+    install_cors(app, settings)
     app.add_middleware(
         SecurityHeadersMiddleware,
         headers=default_headers(settings),
