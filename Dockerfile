@@ -4,6 +4,7 @@ FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
+# The runtime lock holds the `otel` extra: tracing is one OTEL_* setting away in the image.
 COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
@@ -14,7 +15,10 @@ RUN /opt/venv/bin/pip install --no-deps . \
 
 # Runtime stage: the virtualenv, the migrations, a non-root user; no build tools.
 FROM python:3.11-slim-bookworm
+# The source revision, shown by the fiat_onramp_build_info metric (`--build-arg REVISION=`).
+ARG REVISION=unknown
 ENV PATH=/opt/venv/bin:$PATH \
+    FIAT_ONRAMP_REVISION=$REVISION \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     APP_ENV=production \

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev reset serve sandbox migrate test lint typecheck check fault bench clean
+.PHONY: install dev demo reset serve sandbox migrate test lint typecheck check fault bench clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/fiat-onramp dev
+
+# `make dev`, and the demo page (http://127.0.0.1:8000/demo) opened in the browser.
+demo: $(STAMP)
+	$(BIN)/fiat-onramp dev --open-demo
 
 # Forget the embedded database and the sandbox's state together, then start afresh.
 reset: $(STAMP)

@@ -19,8 +19,16 @@ import uvicorn
 from pydantic import ValidationError
 
 from app import migrate
-from app.config import Settings, describe_settings_error, get_settings, is_settings_error
-from app.core.logs import log_formatter
+from app.config import (
+    AppEnv,
+    Settings,
+    describe_settings_error,
+    get_settings,
+    is_settings_error,
+)
+from app.core import tracing
+from app.core.logs import configure_logging, register_secrets
+from app.core.metrics import prepare_multiprocess, remove_multiprocess_dir
 from app.serving import ServiceServer, serve, server_configs
 from app.startup import ConfigError, DatabaseUnreachable, check_database
 
@@ -29,9 +37,8 @@ SANDBOX_STATE_DIR = DATA_DIR / "sandbox"
 
 
 def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(log_formatter())
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    configure_logging(settings.log_level.upper(), settings.resolved_log_format)
+    register_secrets(settings.secret_values())
 
 
 def _require_database_url(settings: Settings, *, wait_for_server: bool = False) -> str:
@@ -61,28 +68,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     workers: int = args.workers
+    tracing.check_settings()
     if workers > 1:
         # Each worker process builds its own app (engine, pools, Bakkt client); building one
         # here first turns a misconfiguration into one line before any worker starts.
         create_app(settings)
-    return serve(
-        settings,
-        host=args.host,
-        port=args.port,
-        workers=workers,
-        log_config=_worker_log_config(settings) if workers > 1 else uvicorn.config.LOGGING_CONFIG,
-    )
-
-
-def _worker_log_config(settings: Settings) -> dict[str, Any]:
-    # Worker processes do not inherit our logging set-up; uvicorn applies this in each of them.
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"()": "app.core.logs.log_formatter"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "root": {"level": settings.log_level.upper(), "handlers": ["stderr"]},
-    }
+    # Before any worker starts: they inherit PROMETHEUS_MULTIPROC_DIR and sum their metrics
+    # through it, so a scrape answered by any one of them counts them all.
+    metrics_dir = prepare_multiprocess(workers)
+    try:
+        # uvicorn_options carries the log config (JSON or text), applied in every worker.
+        return serve(settings, host=args.host, port=args.port, workers=workers)
+    finally:
+        remove_multiprocess_dir(metrics_dir)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -151,16 +149,36 @@ async def _dev(args: argparse.Namespace, settings: Settings) -> None:
             settings, create_app(settings), host=args.host, port=args.port
         )
         server = ServiceServer(public, internal)
-        print(f"fiat-onramp on http://{args.host}:{args.port} (docs at /docs)")
+        root = f"http://{args.host}:{args.port}"
+        demo = settings.app_env is AppEnv.DEVELOPMENT
+        print(f"fiat-onramp on {root} (docs at /docs{', the demo at /demo' if demo else ''})")
+        opener = (
+            asyncio.create_task(_open_when_started(server, f"{root}/demo"))
+            if args.open_demo and demo
+            else None
+        )
         try:
             await server.serve()
         finally:
+            if opener is not None:
+                opener.cancel()
             if sandbox_server is not None:
                 # Its shutdown writes the last snapshot.
                 await sandbox_server.stop()
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+async def _open_when_started(server: uvicorn.Server, url: str) -> None:
+    # uvicorn.Server offers `started` as a flag only, no event to wait on.
+    while not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    import webbrowser
+
+    # False (or nothing at all) on a machine without a browser: the URL is printed either way.
+    if not await asyncio.to_thread(webbrowser.open, url):
+        print(f"no browser to open here; the demo is at {url}")
 
 
 def _postgres_running(data_dir: Path) -> bool:
@@ -258,12 +276,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return service.main(rest[1:] if rest[:1] == ["service"] else rest)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:  # noqa: ARG001 - argparse's signature
+def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     _configure_logging(settings)
     _require_database_url(settings, wait_for_server=True)
     from app.recovery.worker import run_standalone
 
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from app.core.metrics import METRICS
+
+        # The workers' own counters (job errors, recovery, Bakkt calls) for a scrape; the
+        # database's gauges are the API pods' `/metrics`.
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=METRICS.registry)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_standalone(settings))
     return 0
@@ -406,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first forget the embedded database and the sandbox's state (.data/), together",
     )
+    dev.add_argument(
+        "--open-demo",
+        action="store_true",
+        help="open the demo (/demo) in the browser once the service listens (`make demo`)",
+    )
     dev.set_defaults(func=cmd_dev)
 
     sandbox = sub.add_parser("sandbox", help="run the local Bakkt sandbox")
@@ -428,6 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker", help="run the recovery workers on their own (needs DATABASE_URL, migrated)"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the workers' metrics on this port at /metrics (default: none)",
+    )
+    worker.add_argument("--metrics-host", default="0.0.0.0")  # noqa: S104 - a pod's port
     worker.set_defaults(func=cmd_worker)
 
     rec = sub.add_parser(

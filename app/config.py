@@ -10,6 +10,7 @@ from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -66,6 +67,27 @@ def webhook_secret_key(secret: str) -> bytes:
     if not key:
         raise ValueError("has an empty key after `whsec_`")
     return key
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a partner webhook target (None when it can): an absolute http(s)
+    URL with a host and no credentials. Where it resolves to is judged when sending."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https"):
+        return "must start with https:// or http://"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user or password (the signature authenticates us)"
+    if port == 0:
+        return "has port 0"
+    if parts.fragment:
+        return "must not have a #fragment"
+    return None
 
 
 def _ip_networks(setting: str, entries: list[str], *, allow_any: bool) -> list[str]:
@@ -126,6 +148,8 @@ class Settings(BaseSettings):
 
     app_env: AppEnv = AppEnv.DEVELOPMENT
     log_level: str = "INFO"
+    # JSON lines or plain text; unset: text in development, JSON otherwise (docs/operations.md).
+    log_format: Literal["json", "text"] | None = None
 
     # Unset means: `fiat-onramp dev` and the tests start an embedded Postgres.
     database_url: str | None = None
@@ -262,7 +286,51 @@ class Settings(BaseSettings):
     webhook_body_retention_days: int = Field(default=90, ge=1)
     retention_interval: float = Field(default=3600.0, gt=0)
 
-    @field_validator("database_url", mode="before")
+    # Webhooks to the partner's back end (app/partner_webhooks, docs/partner-webhooks.md).
+    # Endpoints from settings, each signed with every secret (several during a rotation); more
+    # endpoints come from the admin routes.
+    partner_webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    partner_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # In production, targets resolving to private, loopback, link-local (and other non-public)
+    # addresses are refused (SSRF) unless this is set.
+    partner_webhook_allow_private_targets: bool = False
+    partner_webhook_timeout: float = Field(default=15.0, gt=0)
+    # Waits after the 1st, 2nd ... failure of an event (Standard Webhooks' example schedule);
+    # the last one repeats until the endpoint is disabled. Each is jittered by +-10%.
+    partner_webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [
+            5.0,
+            300.0,
+            1800.0,
+            7200.0,
+            18000.0,
+            36000.0,
+            50400.0,
+            72000.0,
+            86400.0,
+        ]
+    )
+    partner_webhook_disable_after_days: float = Field(default=5.0, gt=0)
+    partner_webhook_interval: float = Field(default=1.0, gt=0)
+    # Parties delivered to at once per process, and events sent in a row to one party per claim.
+    partner_webhook_concurrency: int = Field(default=64, ge=1)
+    partner_webhook_batch: int = Field(default=20, ge=1)
+    # A claimed (endpoint, party) lane is left to its claimer this long, then any worker may
+    # take it again; longer than a claim's sends can take (see dispatcher.py).
+    partner_webhook_lease: float = Field(default=120.0, gt=0)
+    partner_webhook_max_connections: int = Field(default=64, ge=1)
+    partner_webhook_log_retention_days: int = Field(default=30, ge=1)
+
+    # Events (docs/events.md): the sequencer is woken by each writer's commit and polls this
+    # often besides, and runs at most once per min_gap (a busy minute's commits are numbered
+    # in batches); an SSE stream sends a heartbeat comment this often when it has nothing to
+    # send; each process's stream hub looks for new events this often when no notice came.
+    events_sequencer_interval: float = Field(default=1.0, gt=0)
+    events_sequencer_min_gap: float = Field(default=0.05, ge=0)
+    events_stream_heartbeat: float = Field(default=15.0, gt=0)
+    events_stream_poll_interval: float = Field(default=5.0, gt=0)
+
+    @field_validator("database_url", "log_format", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -290,6 +358,9 @@ class Settings(BaseSettings):
         "bakkt_webhook_secrets",
         "webhook_allowed_ips",
         "forwarded_allow_ips",
+        "partner_webhook_urls",
+        "partner_webhook_secrets",
+        "partner_webhook_retry_schedule",
         "cors_allowed_origins",
         mode="before",
     )
@@ -299,7 +370,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("bakkt_webhook_secrets")
+    @field_validator("bakkt_webhook_secrets", "partner_webhook_secrets")
     @classmethod
     def _whsec_format(cls, value: list[SecretStr]) -> list[SecretStr]:
         for position, secret in enumerate(value, start=1):
@@ -308,6 +379,25 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 # Which one, never its value: the message reaches the terminal and the logs.
                 raise ValueError(f"secret {position} of {len(value)} {exc}") from None
+        return value
+
+    @field_validator("partner_webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: list[str]) -> list[str]:
+        for position, url in enumerate(value, start=1):
+            problem = webhook_url_problem(url)
+            if problem is not None:
+                # By position: a URL may carry a token in its query.
+                raise ValueError(f"URL {position} of {len(value)} {problem}")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a URL twice")
+        return value
+
+    @field_validator("partner_webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(wait < 0 for wait in value):
+            raise ValueError("must be one or more waits in seconds, none negative")
         return value
 
     @field_validator("webhook_allowed_ips")
@@ -364,10 +454,33 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _partner_webhooks_signed(self) -> Settings:
+        if self.partner_webhook_urls and not self.partner_webhook_secrets:
+            raise ValueError(
+                "PARTNER_WEBHOOK_URLS is set but PARTNER_WEBHOOK_SECRETS is empty: "
+                "every delivery must be signed"
+            )
+        if self.partner_webhook_lease < self.partner_webhook_timeout + 10:
+            # A lane's last send must end before its lease does (dispatcher.py).
+            raise ValueError(
+                "PARTNER_WEBHOOK_LEASE must be at least PARTNER_WEBHOOK_TIMEOUT + 10 seconds"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _refuse_weak_secrets_in_production(self) -> Settings:
         if self.app_env is not AppEnv.PRODUCTION:
             return self
         problems: list[str] = []
+        for position, secret in enumerate(self.partner_webhook_secrets, start=1):
+            text = secret.get_secret_value().strip()
+            if _is_placeholder(text.removeprefix("whsec_")):
+                problems.append(f"PARTNER_WEBHOOK_SECRETS secret {position} is a placeholder")
+            elif len(webhook_secret_key(text)) < MIN_WEBHOOK_KEY_BYTES:
+                problems.append(
+                    f"PARTNER_WEBHOOK_SECRETS secret {position} has a key shorter than "
+                    f"{MIN_WEBHOOK_KEY_BYTES} bytes"
+                )
         if not self.database_url:
             problems.append("DATABASE_URL must be set")
         client_secret = self.bakkt_client_secret.get_secret_value()
@@ -409,6 +522,31 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.app_env is AppEnv.DEVELOPMENT else "json"
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redaction to remove by value."""
+        secrets = [
+            *self.bakkt_webhook_secrets,
+            self.bakkt_client_secret,
+            self.webhook_static_token,
+            self.auth_jwt_secret,
+        ]
+        # `model_copy(update=...)` skips validation: a plain string may stand where a
+        # SecretStr would.
+        values = [
+            s.get_secret_value() if isinstance(s, SecretStr) else str(s) for s in secrets if s
+        ]
+        if self.database_url:
+            password = make_url(self.database_url).password
+            if password:
+                values.append(str(password))
+        return values
 
 
 # The environment prefix of each settings class the command line loads, by pydantic's title.

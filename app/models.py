@@ -2,6 +2,7 @@
 
 from app.alerts.models import OperatorAlert
 from app.db import Base
+from app.events.models import Event
 from app.funding.models import (
     BankAccount,
     BankAccountHistory,
@@ -11,6 +12,12 @@ from app.funding.models import (
     TransactionHistory,
 )
 from app.idempotency.models import IdempotencyKey
+from app.partner_webhooks.models import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookLane,
+)
 from app.processes.models import ServiceProcess
 from app.recovery.models import RecoveryJob
 from app.webhooks.models import WebhookEvent
@@ -19,6 +26,7 @@ __all__ = [
     "BankAccount",
     "BankAccountHistory",
     "Base",
+    "Event",
     "IdempotencyKey",
     "OperatorAlert",
     "Party",
@@ -27,5 +35,9 @@ __all__ = [
     "ServiceProcess",
     "Transaction",
     "TransactionHistory",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WebhookEvent",
+    "WebhookLane",
 ]

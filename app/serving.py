@@ -35,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import Settings
 from app.core import shutdown
+from app.core.logs import log_config
 from app.startup import ConfigError
 
 logger = logging.getLogger("app.serving")
@@ -166,8 +167,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # 127.0.0.1; both are replaced by the setting, and an empty one turns the headers off.
         "proxy_headers": bool(settings.forwarded_allow_ips),
         "forwarded_allow_ips": list(settings.forwarded_allow_ips) or [],
+        # The service writes its own access line (route template, status, duration, request
+        # id); uvicorn's would add the raw path and query string.
         "access_log": False,
         "log_level": settings.log_level.lower(),
+        # Applied by uvicorn in every worker process too, which do not inherit ours.
+        "log_config": log_config(settings.log_level.upper(), settings.resolved_log_format),
     }
 
 
@@ -256,7 +261,9 @@ def server_configs(
     app, or an import string of its factory (several workers build their own)."""
     if settings.internal_port is not None and settings.internal_port == port:
         raise ConfigError(f"INTERNAL_PORT {port} is the public port too: pick another one")
-    logging_options: dict[str, Any] = {} if log_config is None else {"log_config": log_config}
+    options = uvicorn_options(settings)
+    if log_config is not None:
+        options["log_config"] = log_config
     factory = isinstance(app, str)
     public = uvicorn.Config(
         app,
@@ -265,8 +272,7 @@ def server_configs(
         port=port,
         workers=workers,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
-        **logging_options,
-        **uvicorn_options(settings),
+        **options,
     )
     if settings.internal_port is None:
         return public, None
@@ -277,8 +283,7 @@ def server_configs(
         port=settings.internal_port,
         lifespan="off",
         timeout_graceful_shutdown=1,
-        **logging_options,
-        **uvicorn_options(settings),
+        **options,
     )
     return public, internal
 

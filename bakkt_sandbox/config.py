@@ -56,6 +56,8 @@ class WebhookModes(CamelModel):
 class SandboxSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
 
+    # The standalone sandbox's log lines (inside `fiat-onramp dev` the service's LOG_FORMAT).
+    log_format: Literal["json", "text"] = "json"
     partner_id: str = "5f0c2b9e-6a3d-4c1e-9f7a-2d8e4b6a1c01"
     client_id: str = "dev-client"
     client_secret: SecretStr = SecretStr("dev-client-secret")

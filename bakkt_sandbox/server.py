@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bakkt_sandbox import control_api, link_page, partner_api
+from bakkt_sandbox import control_api, link_page, logs, partner_api
 from bakkt_sandbox.config import SandboxSettings
 from bakkt_sandbox.runtime import SANDBOX, Sandbox
 
@@ -58,7 +58,10 @@ async def _release_held_requests(app: web.Application) -> None:
 
 def create_app(settings: SandboxSettings | None = None) -> web.Application:
     sandbox = Sandbox(settings or SandboxSettings())
-    app = web.Application(middlewares=[_count_changes, partner_api.partner_middleware])
+    logs.install_record_factory()
+    app = web.Application(
+        middlewares=[logs.request_context, _count_changes, partner_api.partner_middleware]
+    )
     app[SANDBOX] = sandbox
     partner_api.add_routes(app)
     control_api.add_routes(app)
@@ -153,7 +156,7 @@ def run(
     host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: SandboxSettings | None = None
 ) -> None:
     """Run the sandbox until SIGTERM or Ctrl-C (the `fiat-onramp sandbox` command)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure((settings or SandboxSettings()).log_format)
     try:
         import uvloop  # optional: comes with uvicorn[standard], absent on Windows
 

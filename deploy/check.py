@@ -122,6 +122,22 @@ def check_manifests(name: str, docs: list[Doc], *, needs_secret: bool) -> None:
                 fail(f"{name}: ServiceMonitor port {endpoint['port']} is not a Service port")
             elif internal and ports[endpoint["port"]] != "internal":
                 fail(f"{name}: with INTERNAL_PORT set, /metrics is scraped on the internal port")
+    for monitor in by_kind.get("PodMonitor", []):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        pods = [
+            _pod(d)
+            for d in by_kind.get("Deployment", [])
+            if _subset(selector, _pod(d)["metadata"]["labels"])
+        ]
+        if not pods:
+            fail(f"{name}: PodMonitor/{monitor['metadata']['name']} selects no pods")
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            for pod in pods:
+                named = {
+                    p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])
+                }
+                if endpoint["port"] not in named:
+                    fail(f"{name}: PodMonitor port {endpoint['port']} is not a port of its pods")
     for secret in by_kind.get("Secret", []):
         for key, value in secret.get("stringData", {}).items():
             if value and "PLACEHOLDER" not in value:

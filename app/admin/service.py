@@ -25,6 +25,7 @@ from app.alerts.service import AlertSpec, Resolution
 from app.bakkt import BakktClient, BakktError
 from app.config import Settings
 from app.core.clock import db_now, utcnow
+from app.core.metrics import METRICS
 from app.core.money import format_dollars
 from app.errors import Conflict
 from app.funding import bakkt_sync
@@ -51,7 +52,6 @@ from app.funding.service import decode_cursor, encode_cursor
 from app.funding.state import OPEN, transition
 from app.recovery import settle
 from app.recovery.jobs import ClaimedTransaction, JobRun
-from app.recovery.metrics import METRICS
 from app.recovery.sweep import settlement_deadline
 from app.webhooks import repository as webhooks_repo
 from app.webhooks import service as webhooks

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, select, text, update
+from sqlalchemy import exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts.models import OperatorAlert
@@ -79,3 +80,13 @@ async def resolve_open(
     )
     result = await session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_open(session: AsyncSession, kinds: Sequence[str]) -> dict[str, int]:
+    """Unresolved alerts of these kinds, by kind (the metrics scrape)."""
+    statement = (
+        select(OperatorAlert.kind, func.count())
+        .where(OperatorAlert.kind.in_(kinds), text("operator_alerts.resolved_at IS NULL"))
+        .group_by(OperatorAlert.kind)
+    )
+    return {kind: int(n) for kind, n in (await session.execute(statement)).all()}

@@ -68,6 +68,8 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probe_out = False
         self.opened_count = 0
+        # Told True when the breaker opens and False when it closes (the metrics' gauge).
+        self.on_change: Callable[[bool], None] | None = None
 
     # --- what callers ask ------------------------------------------------------------------------
 
@@ -114,6 +116,8 @@ class CircuitBreaker:
     def record_success(self) -> None:
         if self._state is not BreakerState.CLOSED:
             log.warning("bakkt circuit closed: Bakkt answers again")
+            if self.on_change is not None:
+                self.on_change(False)
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._probe_out = False
@@ -160,3 +164,5 @@ class CircuitBreaker:
         self._probe_out = False
         self.opened_count += 1
         log.warning("bakkt circuit open for %.0f s: %s", self.cooldown, why)
+        if self.on_change is not None:
+            self.on_change(True)

@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import httpx
 import jwt
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from app.bakkt import _wire as wire
 from app.bakkt.breaker import BreakerState, CircuitBreaker, CircuitOpen
@@ -48,8 +50,10 @@ from app.bakkt.types import (
 )
 from app.core.backoff import backoff
 from app.core.context import current_request_id
+from app.core.metrics import METRICS, Metrics
 
 log = logging.getLogger("app.bakkt")
+tracer = trace.get_tracer("app.bakkt")
 
 T = TypeVar("T")
 
@@ -185,10 +189,14 @@ class BakktClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         breaker: CircuitBreaker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or METRICS
         # Shared with callers that want to refuse work before calling (docs/recovery.md).
         self.breaker = breaker
+        if breaker is not None:
+            breaker.on_change = self._metrics.circuit
         self._http = http if http is not None else build_http_client(config)
         self._sleep = sleep
         self._rng = random.SystemRandom()
@@ -220,6 +228,7 @@ class BakktClient:
         `bakkt_up` gauge are built on it."""
         try:
             ex = await self._exchange(
+                "heartbeat",
                 "POST",
                 f"{_PREFIX}/heartbeat",
                 _HEARTBEAT,
@@ -237,6 +246,7 @@ class BakktClient:
     ) -> LinkUrl:
         # docs/bakkt-contract.md A2. Read-like: a repeat at worst leaves an unused URL to expire.
         ex = await self._exchange(
+            "link_url",
             "POST",
             self._party(party_ref, "bankAccountLinking/linkUrl"),
             _READ,
@@ -250,6 +260,7 @@ class BakktClient:
         The result arrives as a BANK_ACCOUNT_LINK webhook carrying `link_ref`.
         """
         ex = await self._exchange(
+            "link_plaid",
             "POST",
             self._party(party_ref, "plaidAccount/link"),
             _ONCE_WRITE,
@@ -267,6 +278,7 @@ class BakktClient:
         account_type: str,
     ) -> None:
         ex = await self._exchange(
+            "link_ach",
             "POST",
             self._party(party_ref, "bankAccountLinking/ach"),
             _ONCE_WRITE,
@@ -279,6 +291,7 @@ class BakktClient:
         self, party_ref: str, link_ref: str, instrument: Instrument | str = Instrument.ACH
     ) -> None:
         ex = await self._exchange(
+            "unlink",
             "POST",
             self._party(party_ref, "bankAccountLinking/unlink"),
             _IDEMPOTENT_WRITE,
@@ -301,6 +314,7 @@ class BakktClient:
         BakktUnavailable or BakktRateLimited (it certainly did not reach Bakkt), BakktAuthFailed.
         """
         ex = await self._exchange(
+            "transfer",
             "POST",
             self._party(req.party_ref, "transfer"),
             _IDEMPOTENT_WRITE,
@@ -327,6 +341,7 @@ class BakktClient:
         """Bakkt's record of one transaction; None when Bakkt never accepted it."""
         # docs/bakkt-contract.md A3.
         ex = await self._exchange(
+            "get_transaction",
             "GET",
             self._party(party_ref, f"transactions/{path_segment(transaction_ref)}"),
             _READ,
@@ -358,7 +373,11 @@ class BakktClient:
                 tuple(wire.transactions_query(page_size, updated_since, statuses or (), page_token))
             )
             ex = await self._exchange(
-                "GET", self._party(party_ref, "transactions"), _READ, params=query
+                "list_transactions",
+                "GET",
+                self._party(party_ref, "transactions"),
+                _READ,
+                params=query,
             )
             if not ex.response.is_success:
                 raise ex.rejection()
@@ -370,11 +389,15 @@ class BakktClient:
 
     async def wire_instructions(self, party_ref: str) -> WireInstructions:
         """The party's inbound wire details. Never cache them (docs/bakkt-contract.md §2.9)."""
-        ex = await self._exchange("GET", self._party(party_ref, "wire-instructions"), _READ)
+        ex = await self._exchange(
+            "wire_instructions", "GET", self._party(party_ref, "wire-instructions"), _READ
+        )
         return self._parse(ex, wire.wire_instructions)
 
     async def balance(self, party_ref: str, currency: str = "USD") -> Balance:
-        ex = await self._exchange("GET", self._party(party_ref, "fiatAccount/balance"), _READ)
+        ex = await self._exchange(
+            "balance", "GET", self._party(party_ref, "fiatAccount/balance"), _READ
+        )
         return self._parse(ex, lambda body: wire.balance(body, currency))
 
     # --- transfer outcomes -------------------------------------------------------------------
@@ -418,8 +441,18 @@ class BakktClient:
         return f"{self._party_root}/{path_segment(party_ref)}/{tail}"
 
     async def _fetch_token(self) -> tuple[str, float | None]:
+        try:
+            token = await self._request_token()
+        except BaseException:
+            self._metrics.bakkt_token_refreshes.labels("failed").inc()
+            raise
+        self._metrics.bakkt_token_refreshes.labels("ok").inc()
+        return token
+
+    async def _request_token(self) -> tuple[str, float | None]:
         # docs/bakkt-contract.md A1: Basic client credentials, grant_type as a form field.
         ex = await self._exchange(
+            "token",
             "POST",
             f"{_PREFIX}/oauth2/token",
             _READ,
@@ -455,6 +488,7 @@ class BakktClient:
 
     async def _exchange(
         self,
+        operation: str,
         method: str,
         path: str,
         policy: _Policy,
@@ -464,6 +498,56 @@ class BakktClient:
         params: httpx.QueryParams | None = None,
         about: tuple[str, str] | None = None,
         auth: bool = True,
+    ) -> _Exchange:
+        """One call: its span (the `traceparent` every attempt carries), its count by outcome
+        and its duration, retries included."""
+        started = time.perf_counter()
+        outcome = "ok"
+        with tracer.start_as_current_span(
+            f"bakkt {operation}",
+            kind=SpanKind.CLIENT,
+            attributes={"bakkt.operation": operation, "http.request.method": method},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                ex = await self._guarded(
+                    method,
+                    path,
+                    policy,
+                    json=json,
+                    data=data,
+                    params=params,
+                    about=about,
+                    auth=auth,
+                )
+            except BaseException as exc:
+                outcome = _outcome_of(exc)
+                if isinstance(exc, BakktError | asyncio.CancelledError):
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                raise
+            else:
+                status = ex.response.status_code
+                outcome = "ok" if status < 400 else "rejected"
+                span.set_attribute("http.response.status_code", status)
+                return ex
+            finally:
+                span.set_attribute("bakkt.outcome", outcome)
+                metrics = self._metrics
+                metrics.bakkt_requests.labels(operation, outcome).inc()
+                metrics.bakkt_duration.labels(operation).observe(time.perf_counter() - started)
+
+    async def _guarded(
+        self,
+        method: str,
+        path: str,
+        policy: _Policy,
+        *,
+        json: Mapping[str, Any] | None,
+        data: Mapping[str, str] | None,
+        params: httpx.QueryParams | None,
+        about: tuple[str, str] | None,
+        auth: bool,
     ) -> _Exchange:
         send = functools.partial(
             self._attempts, method, path, policy, json=json, data=data, params=params, about=about
@@ -538,6 +622,7 @@ class BakktClient:
                     auth=auth,
                 )
             except TRANSPORT_ERRORS as exc:
+                self._metrics.bakkt_reachable(False)
                 failure = classify(exc)
                 maybe_sent = maybe_sent or failure.may_have_reached_bakkt
                 log.warning(
@@ -561,6 +646,11 @@ class BakktClient:
                 raise
 
             status = response.status_code
+            self._metrics.bakkt_reachable(status < 500)
+            if attempt > 1:
+                trace.get_current_span().add_event(
+                    "bakkt.retry", {"attempt": attempt, "http.response.status_code": status}
+                )
             log.log(
                 _log_level(status),
                 "bakkt %s -> %d in %.1f ms (attempt %d, tracking %s)",
@@ -602,6 +692,8 @@ class BakktClient:
         """One attempt. A 401 on a bearer call gets one new token and one resend (never a
         transfer executed twice: Bakkt refused the first send outright)."""
         headers = {"x-tracking-id": tracking_id, "Accept": "application/json"}
+        # `traceparent` of the call's span, when tracing is on (nothing is added otherwise).
+        propagate.inject(headers)
         if content is not None:
             headers["Content-Type"] = _JSON
         basic = (
@@ -628,6 +720,21 @@ class BakktClient:
         cfg = self._config
         capped = backoff(attempt, base=cfg.backoff_base, cap=cfg.backoff_cap)
         return capped * (1.0 - cfg.backoff_jitter * self._rng.random())
+
+
+def _outcome_of(exc: BaseException) -> str:
+    """The `outcome` label of a call that raised."""
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, BakktRejected | BakktUnsendable):
+        return "rejected"
+    if isinstance(exc, BakktRateLimited):
+        return "rate_limited"
+    if isinstance(exc, BakktAuthFailed):
+        return "auth_failed"
+    if isinstance(exc, BakktOutcomeUnknown):
+        return "unknown"
+    return "unavailable"
 
 
 def _log_level(status: int) -> int:

@@ -31,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.events import service as events
+from app.events.models import EventType
 from app.funding.models import (
     BankAccount,
     BankAccountHistory,
@@ -291,13 +293,20 @@ async def newest_sent_link(
     return (await session.scalars(statement)).one_or_none()
 
 
+# The reason of the last event of a link removed because Bakkt never received it.
+LINK_NOT_SENT = "link_not_sent"
+
+
 async def delete_bank_account(session: AsyncSession, account_id: uuid.UUID) -> None:
-    """Only for a link Bakkt certainly never saw: it leaves no trace, history included."""
+    """Only for a link Bakkt certainly never saw: it leaves no trace, history included, except
+    the `bank_account.failed` event that closes the `bank_account.pending` one readers may
+    already have (events are never taken back)."""
     await session.execute(
         delete(BankAccountHistory).where(BankAccountHistory.bank_account_id == account_id)
     )
     account = await session.get(BankAccount, account_id)
     if account is not None:
+        events.bank_account_removed(session, account, reason_code=LINK_NOT_SENT)
         await session.delete(account)
 
 
@@ -458,14 +467,21 @@ async def expire_abandoned_links(
 async def flag_bank_account_for_review(
     session: AsyncSession, account_id: uuid.UUID, *, now: datetime
 ) -> bool:
+    """Mark an account whose consumer disputed a debit: deposits from it wait for an operator.
+    Writes `bank_account.under_review` (the flag is not a status, so it has no history row)."""
     statement = (
         update(BankAccount)
         .where(BankAccount.id == account_id, BankAccount.needs_review.is_(False))
         .values(needs_review=True, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .returning(BankAccount.id)
+        # The account's event renders the row from the session: refresh a copy it holds.
+        .execution_options(synchronize_session="fetch")
     )
-    result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0))
+    flagged = (await session.execute(statement)).scalar_one_or_none()
+    if flagged is None:
+        return False
+    events.bank_account_event(session, flagged, EventType.BANK_ACCOUNT_UNDER_REVIEW)
+    return True
 
 
 async def get_bank_account_by_id(
@@ -534,8 +550,9 @@ def add_bank_account_history(
     actor: str | None = None,
 ) -> None:
     """The one writer of bank-account history: every move of a bank account's status adds
-    its row here, in the transaction that makes the move. `actor`: the operator behind a row
-    of source `admin`."""
+    its row here, in the transaction that makes the move, and its event (`app.events`, the
+    account rendered as the transaction leaves it). `actor`: the operator behind a row of
+    source `admin`."""
     row = BankAccountHistory(
         bank_account_id=account_id,
         from_status=from_status,
@@ -550,6 +567,7 @@ def add_bank_account_history(
     if recorded_at is not None:
         row.recorded_at = recorded_at
     session.add(row)
+    events.bank_account_moved(session, account_id, to_status)
 
 
 async def bank_account_history(
@@ -988,3 +1006,29 @@ async def claim_pending(
 ) -> Sequence[Transaction]:
     due = Transaction.status == TransactionStatus.PENDING
     return await _claim(session, due, now=now, lease_until=lease_until, limit=limit)
+
+
+async def open_transaction_stats(
+    session: AsyncSession,
+) -> tuple[dict[str, int], float | None]:
+    """Open transactions by status, and the age in seconds of the oldest (the metrics scrape).
+    Only open rows are read, through the partial index on them: terminal ones are counted by
+    nobody here, so the cost follows what is in flight, not the table's size."""
+    statement = (
+        select(
+            Transaction.status,
+            func.count(),
+            func.extract("epoch", func.clock_timestamp() - func.min(Transaction.created_at)),
+        )
+        # Spelled as the partial index's predicate, literally: a bound parameter list would
+        # not let the planner prove that the index covers the query under a generic plan.
+        .where(text("transactions.status IN ('SUBMITTING', 'UNKNOWN', 'PENDING')"))
+        .group_by(Transaction.status)
+    )
+    counts: dict[str, int] = {}
+    oldest: float | None = None
+    for status, n, age in (await session.execute(statement)).all():
+        counts[str(status)] = int(n)
+        if age is not None:
+            oldest = max(oldest or 0.0, float(age))
+    return counts, oldest

@@ -1,7 +1,8 @@
 """The one place that knows how a transaction's status may move.
 
 Every move, by any source (the API's own call to Bakkt, a webhook, a sync, an operator), goes
-through `transition()`, which applies it or records it as ignored, and always appends history.
+through `transition()`, which applies it or records it as ignored, and always appends history;
+a move that applies also writes its event (`app.events`), in the same database transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bakkt.types import TransactionStatus as BakktStatus
 from app.core.clock import utcnow
+from app.events import service as events
+from app.events.models import EventType
 from app.funding.models import HistorySource, Transaction, TransactionHistory
 from app.funding.models import TransactionStatus as Status
 
@@ -190,6 +193,7 @@ def transition(
         txn.reason_code = reason_code
     if reason_description is not None:
         txn.reason_description = reason_description
+    events.transaction_moved(session, txn)
     return True
 
 
@@ -203,7 +207,10 @@ def record_creation(
     note: str | None = None,
     actor: str | None = None,
 ) -> None:
-    """The first history row of a transaction: how it came to exist, in its first state."""
+    """The first history row of a transaction: how it came to exist, in its first state, and
+    its events: `transaction.created`, and for a row Bakkt started in a later state (an inbound
+    wire COMPLETED) that state's event too, so a reader that acts on `transaction.completed`
+    misses none."""
     session.add(
         TransactionHistory(
             transaction_id=txn.id,
@@ -218,6 +225,9 @@ def record_creation(
             actor=actor,
         )
     )
+    events.transaction_event(session, txn, EventType.TRANSACTION_CREATED)
+    if txn.status != Status.SUBMITTING:
+        events.transaction_moved(session, txn)
 
 
 def source_of(source: HistorySource, actor: str | None) -> HistorySource:

@@ -8,12 +8,12 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.metrics import METRICS, Metrics
 from app.funding import repository as funding_repo
 from app.funding.repository import UNSETTLED
 from app.funding.schemas import dump
-from app.funding.service import transaction_out
+from app.funding.views import transaction_out
 from app.idempotency import repository as repo
-from app.recovery.metrics import METRICS, Metrics
 
 # A consumer request being finished holds its key this long while the answer is stored.
 FINISH_LEASE = timedelta(seconds=30)

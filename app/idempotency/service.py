@@ -24,6 +24,7 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.metrics import METRICS
 from app.errors import AppError, Conflict, Unprocessable
 from app.idempotency import repository as repo
 
@@ -194,15 +195,18 @@ async def claim(
         key_id = existing.id
         if not same_request:
             await session.rollback()
+            METRICS.idempotency_rejections.labels(IdempotencyKeyReused.code).inc()
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was already used with a different method, path or body. "
                 "Use a new key for a new request."
             )
         if finished:
             await session.rollback()
+            METRICS.idempotency_replays.inc()
             return stored
         if leased:
             await session.rollback()
+            METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
             raise IdempotencyRequestInProgress(
                 "The first request with this key has not finished yet; retry shortly.",
                 retry_after=1,
@@ -222,6 +226,7 @@ async def claim(
                 resumed=True,
             )
         await session.rollback()
+    METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
     raise IdempotencyRequestInProgress(
         "The request with this key is changing hands; retry shortly.",
         retry_after=1,
@@ -235,6 +240,7 @@ async def record_intent(
     when another holder of the claim wrote its intent first (a holder believed gone that was
     not): the caller's transaction must roll back, and the consumer's retry resumes that one."""
     if not await repo.set_intent(session, claim_.key_id, transaction_id):
+        METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
         raise IdempotencyRequestInProgress(
             "Another attempt of this request got there first; retry shortly.", retry_after=1
         )

@@ -28,13 +28,13 @@ from app.bakkt import BakktClient
 from app.config import Settings
 from app.core.backoff import backoff
 from app.core.clock import db_now
+from app.core.metrics import Metrics
 from app.errors import is_database_unavailable
 from app.funding.bakkt_sync import Applied
 from app.funding.models import HistorySource, Transaction, TransactionMethod, TransactionType
 from app.funding.models import TransactionStatus as Status
 from app.funding.repository import UNSETTLED
 from app.funding.state import source_of
-from app.recovery.metrics import Metrics
 
 log = logging.getLogger("app.recovery")
 

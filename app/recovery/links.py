@@ -10,9 +10,9 @@ import logging
 from datetime import datetime, timedelta
 
 from app.config import Settings
+from app.core.metrics import METRICS, Metrics
 from app.funding import repository as funding_repo
 from app.recovery.jobs import SessionFactory, cycle_start
-from app.recovery.metrics import METRICS, Metrics
 
 log = logging.getLogger("app.recovery")
 

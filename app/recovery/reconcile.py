@@ -18,6 +18,7 @@ from app.bakkt import BakktClient, BakktError, BakktTransaction
 from app.bakkt.breaker import CircuitOpen
 from app.config import Settings
 from app.core.clock import db_now
+from app.core.metrics import METRICS, Metrics
 from app.funding import bakkt_sync
 from app.funding import repository as funding_repo
 from app.funding.bakkt_sync import Applied, BakktReport, Verdict
@@ -26,7 +27,6 @@ from app.funding.models import TransactionStatus as Status
 from app.funding.repository import UNSETTLED
 from app.recovery import repository as repo
 from app.recovery.jobs import SessionFactory, circuit_open, raise_alert
-from app.recovery.metrics import METRICS, Metrics
 
 log = logging.getLogger("app.recovery")
 

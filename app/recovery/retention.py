@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.metrics import METRICS, Metrics
 from app.idempotency import repository as idempotency_repo
 from app.processes import repository as processes_repo
 from app.recovery.jobs import SessionFactory, cycle_start
-from app.recovery.metrics import METRICS, Metrics
 from app.webhooks import repository as webhooks_repo
 
 log = logging.getLogger("app.recovery")

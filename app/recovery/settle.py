@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from app.bakkt import BakktClient, BakktError, BakktRejected, BakktTransaction
 from app.bakkt.breaker import CircuitOpen
 from app.config import Settings
+from app.core.metrics import METRICS, Metrics
 from app.funding import bakkt_sync
 from app.funding import repository as funding_repo
 from app.funding.bakkt_sync import BakktReport, Verdict
@@ -28,7 +29,6 @@ from app.recovery.jobs import (
     raise_alert,
     schedule_after_move,
 )
-from app.recovery.metrics import METRICS, Metrics
 
 log = logging.getLogger("app.recovery")
 
@@ -56,7 +56,7 @@ async def settle_unknown(
     may be more). Skips the cycle while the Bakkt circuit is open."""
     metrics = metrics or METRICS
     if circuit_open(bakkt):
-        metrics.inc("recovery_skipped_circuit_open_total", job="settle")
+        metrics.inc("recovery_skipped_circuit_open_total", worker="settle")
         return 0
     now = await cycle_start(session_factory, now)
     grace = timedelta(seconds=settings.recovery_submitting_grace)

@@ -12,6 +12,7 @@ from app.alerts.service import AlertSpec, add_alert_once
 from app.bakkt import BakktClient, BakktError, BakktTransaction
 from app.bakkt.breaker import CircuitOpen
 from app.config import Settings
+from app.core.metrics import METRICS, Metrics
 from app.funding import bakkt_sync
 from app.funding import repository as funding_repo
 from app.funding.bakkt_sync import BakktReport, Verdict
@@ -28,7 +29,6 @@ from app.recovery.jobs import (
     raise_alert,
     schedule_after_move,
 )
-from app.recovery.metrics import METRICS, Metrics
 
 log = logging.getLogger("app.recovery")
 
@@ -74,7 +74,7 @@ async def sweep_pending(
     `transaction_overdue` alert. Returns how many it claimed."""
     metrics = metrics or METRICS
     if circuit_open(bakkt):
-        metrics.inc("recovery_skipped_circuit_open_total", job="sweep")
+        metrics.inc("recovery_skipped_circuit_open_total", worker="sweep")
         return 0
     now = await cycle_start(session_factory, now)
     async with session_factory() as session:

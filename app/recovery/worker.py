@@ -14,23 +14,31 @@ import contextlib
 import logging
 import random
 import signal
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.bakkt.breaker import CircuitBreaker
 from app.bakkt.client import BakktClient
 from app.bakkt.errors import BakktError
 from app.bakkt.setup import bakkt_breaker, bakkt_config
 from app.config import Settings
+from app.core import tracing
 from app.core.backoff import backoff
+from app.core.context import request_id_var
+from app.core.metrics import METRICS, Metrics
 from app.db import create_engine, create_session_factory
 from app.errors import is_database_unavailable
+from app.events.sequencer import Sequencer
 from app.idempotency.finisher import finish_abandoned_requests
+from app.partner_webhooks.dispatcher import Dispatcher
 from app.processes.service import ProcessHeartbeat
 from app.recovery.jobs import SessionFactory
 from app.recovery.links import expire_abandoned_links
-from app.recovery.metrics import METRICS, Metrics
 from app.recovery.reconcile import run_scheduled_reconcile
 from app.recovery.retention import apply_retention
 from app.recovery.settle import settle_unknown
@@ -43,6 +51,8 @@ log = logging.getLogger("app.recovery")
 ERROR_BACKOFF_CAP = 60.0
 # How often the scheduled reconciliation checks whether it is due (it runs once per interval).
 RECONCILE_CHECK_INTERVAL = 300.0
+# Events numbered per sequencer run (a fuller run is followed by another at once).
+SEQUENCER_BATCH = 1000
 # How often Bakkt's heartbeat is asked (the `bakkt_up` gauge; while the circuit is open, the
 # probe that closes it once Bakkt answers again).
 HEARTBEAT_INTERVAL = 60.0
@@ -58,6 +68,10 @@ class Job:
     full_batch: int | None = None
     # Skipped while the Bakkt circuit is open.
     uses_bakkt: bool = False
+    # Set by someone with news for the job (a Postgres notification): the wait ends at once.
+    wake: asyncio.Event | None = None
+    # Called once its loop has ended (a connection of its own to close).
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 def service_jobs(
@@ -65,8 +79,10 @@ def service_jobs(
     bakkt: BakktClient,
     settings: Settings,
     metrics: Metrics,
+    dispatcher: Dispatcher | None = None,
 ) -> list[Job]:
-    """The recovery jobs of docs/recovery.md, with their intervals from the settings."""
+    """The recovery jobs of docs/recovery.md, with their intervals from the settings, and the
+    delivery of partner webhooks (docs/partner-webhooks.md) when a dispatcher is given."""
     batch = settings.recovery_batch_size
 
     async def settle() -> int:
@@ -98,11 +114,37 @@ def service_jobs(
     async def expire_links() -> int:
         return await expire_abandoned_links(session_factory, settings, metrics=metrics)
 
+    sequencer = Sequencer(
+        session_factory,
+        _database_url(session_factory, settings),
+        batch=SEQUENCER_BATCH,
+        min_gap=settings.events_sequencer_min_gap,
+    )
+
     async def retention() -> int:
         result = await apply_retention(session_factory, settings, metrics=metrics)
         return result.idempotency_keys_deleted + result.webhook_bodies_cleared
 
+    deliveries: list[Job] = []
+    if dispatcher is not None:
+        deliveries = [
+            # Runs again at once after a cycle that sent anything (a backlog drains without
+            # waiting out the interval),
+            # and is woken by the sequencer's notice of newly numbered events.
+            Job(
+                "partner_webhooks",
+                settings.partner_webhook_interval,
+                dispatcher.cycle,
+                1,
+                wake=dispatcher.wake,
+                close=dispatcher.aclose,
+            ),
+            Job(
+                "partner_webhook_retention", settings.retention_interval, dispatcher.apply_retention
+            ),
+        ]
     return [
+        *deliveries,
         Job("settle", settings.recovery_settle_interval, settle, batch, uses_bakkt=True),
         Job("sweep", settings.recovery_sweep_interval, sweep, batch, uses_bakkt=True),
         Job("rematch_webhooks", settings.recovery_rematch_interval, rematch, batch),
@@ -116,7 +158,26 @@ def service_jobs(
         Job("expire_links", settings.recovery_link_expiry_interval, expire_links, batch),
         # Not skipped while the circuit is open: it is what closes it when no request comes.
         Job("heartbeat", HEARTBEAT_INTERVAL, heartbeat),
+        # Woken by each writer's commit; the interval is only the fallback poll.
+        Job(
+            "sequence_events",
+            settings.events_sequencer_interval,
+            sequencer.cycle,
+            SEQUENCER_BATCH,
+            wake=sequencer.wake,
+            close=sequencer.close,
+        ),
     ]
+
+
+def _database_url(session_factory: SessionFactory, settings: Settings) -> URL | str:
+    """Where the factory's engine connects (the sequencer's LISTEN goes there too)."""
+    bind = session_factory.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        return bind.url
+    if settings.database_url is None:
+        raise RuntimeError("the event sequencer needs DATABASE_URL or an engine-bound factory")
+    return settings.database_url
 
 
 class Workers:
@@ -145,8 +206,14 @@ class Workers:
         metrics: Metrics | None = None,
     ) -> Workers:
         metrics = metrics or METRICS
+        dispatcher = Dispatcher(
+            session_factory,
+            settings,
+            metrics=metrics,
+            listen_url=_database_url(session_factory, settings),
+        )
         return cls(
-            service_jobs(session_factory, bakkt, settings, metrics),
+            service_jobs(session_factory, bakkt, settings, metrics, dispatcher),
             breaker=bakkt.breaker,
             metrics=metrics,
         )
@@ -177,6 +244,12 @@ class Workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for job in self.jobs:
+            if job.close is not None:
+                try:
+                    await job.close()
+                except Exception:
+                    log.exception("recovery job %s did not close cleanly", job.name)
         log.info("recovery workers stopped")
 
     async def wait(self) -> None:
@@ -187,12 +260,15 @@ class Workers:
         failures = 0
         in_outage = False
         # Replicas started together should not hit the database in step.
-        await self._pause(job.interval * _rng.uniform(0.1, 0.5))
+        await self._pause(job.interval * _rng.uniform(0.1, 0.5), job.wake)
         while not self._stopping.is_set():
             delay = job.interval * _rng.uniform(0.8, 1.2)
+            # Each cycle has an id of its own, as a request has: on its log lines and, as
+            # `x-tracking-id`, on its calls to Bakkt.
+            request_id_var.set(str(uuid.uuid4()))
             try:
                 if job.uses_bakkt and self.breaker is not None and self.breaker.is_open():
-                    self.metrics.inc("recovery_skipped_circuit_open_total", job=job.name)
+                    self.metrics.inc("recovery_skipped_circuit_open_total", worker=job.name)
                 else:
                     done = await job.cycle()
                     if job.full_batch is not None and done >= job.full_batch:
@@ -207,7 +283,7 @@ class Workers:
                 failures += 1
                 delay = backoff(failures, base=1.0, cap=ERROR_BACKOFF_CAP)
                 if is_database_unavailable(exc):
-                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="database")
+                    self.metrics.inc("job_errors_total", worker=job.name, cause="database")
                     if not in_outage:
                         log.warning(
                             "recovery job %s: database unavailable (%s: %s); backing off",
@@ -217,26 +293,37 @@ class Workers:
                         )
                     in_outage = True
                 else:
-                    self.metrics.inc("recovery_job_errors_total", job=job.name, cause="error")
+                    self.metrics.inc("job_errors_total", worker=job.name, cause="error")
                     log.exception(
                         "recovery job %s failed (%d in a row); next try in %.0f s",
                         job.name,
                         failures,
                         delay,
                     )
-            await self._pause(delay)
+            await self._pause(delay, job.wake)
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        if wake is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            return
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
 
 async def run_standalone(settings: Settings) -> None:
     """`fiat-onramp worker`: the recovery workers in their own process, until SIGTERM/SIGINT."""
     engine = create_engine(settings)
+    provider = tracing.setup_tracing()
+    if provider is not None:
+        tracing.instrument_engine(engine, provider)
     try:
         factory = create_session_factory(engine)
         heartbeat = ProcessHeartbeat(
@@ -255,5 +342,7 @@ async def run_standalone(settings: Settings) -> None:
             finally:
                 await workers.stop()
                 await heartbeat.stop()
+                if provider is not None:
+                    provider.force_flush()
     finally:
         await engine.dispose()

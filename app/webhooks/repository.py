@@ -7,7 +7,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
@@ -175,6 +175,15 @@ async def clear_bodies(session: AsyncSession, *, before: datetime, limit: int) -
     )
     result = await session.execute(statement)
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_parked(session: AsyncSession) -> int:
+    """Events waiting for their transaction (the metrics scrape). Every PARKED event has a next
+    attempt, so the `next_attempt_at` index keeps this to the rows in flight."""
+    statement = select(func.count()).where(
+        WebhookEvent.next_attempt_at.is_not(None), WebhookEvent.status == EventStatus.PARKED
+    )
+    return int((await session.execute(statement)).scalar_one())
 
 
 async def lock_event(session: AsyncSession, event_pk: int) -> WebhookEvent | None:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.metrics import Metrics
 from app.db import get_session
 from app.errors import problem_responses
 from app.webhooks import service
@@ -17,7 +18,6 @@ from app.webhooks.verify import (
     REJECTIONS,
     VerifiedWebhook,
     WebhookTooLarge,
-    metrics_for,
     verified_webhook,
     verifier_for,
 )
@@ -27,7 +27,8 @@ from app.webhooks.verify import (
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # A malformed secret or allow-list entry stops the start instead of refusing every webhook.
     verifier_for(app)
-    metrics_for(app)
+    metrics: Metrics = app.state.metrics
+    metrics.known_webhook_rejections([*(r.code for r in REJECTIONS), WebhookTooLarge.code])
     yield
 
 
@@ -52,7 +53,11 @@ async def receive_bakkt_webhook(
     session: Annotated[AsyncSession, Depends(get_session)],
 ) -> WebhookReceipt:
     receipt = await service.receive(session, delivery)
-    metrics_for(request.app).outcomes["DUPLICATE" if receipt.duplicate else receipt.status] += 1
+    metrics: Metrics = request.app.state.metrics
+    # A redelivery with another body is `conflict`, not a harmless duplicate.
+    status = str(receipt.status).lower()
+    outcome = "duplicate" if receipt.duplicate and status != "conflict" else status
+    metrics.webhooks_received.labels(outcome).inc()
     return WebhookReceipt(
         request_id=receipt.request_id, duplicate=receipt.duplicate, status=receipt.status
     )

@@ -36,6 +36,7 @@ from app.core.backoff import backoff
 from app.core.clock import utcnow
 from app.core.text import clip
 from app.errors import is_database_unavailable
+from app.events import service as events
 from app.funding import bakkt_sync
 from app.funding import repository as funding_repo
 from app.funding.bakkt_sync import ACCOUNT_UNUSABLE_CODES, Verdict
@@ -44,6 +45,7 @@ from app.funding.models import (
     BankAccountStatus,
     HistorySource,
     LinkMethod,
+    Party,
     PartyStatus,
 )
 from app.funding.party_status import REASONS
@@ -554,6 +556,10 @@ async def _apply_party(session: AsyncSession, event: PartyEvent, *, now: datetim
         verification_url=verification[0],
         verification_url_expires_at=verification[1],
     ):
+        created = await funding_repo.lock_party(session, event.party_ref)
+        if created is None:  # pragma: no cover - inserted just now
+            raise RuntimeError(f"party {event.party_ref} vanished")
+        await _party_event(session, created)
         return EventOutcome(EventStatus.APPLIED, f"party recorded as {status} ({reason})", unknown)
     party = await funding_repo.lock_party(session, event.party_ref)
     if party is None:  # pragma: no cover - parties are never deleted
@@ -562,12 +568,22 @@ async def _apply_party(session: AsyncSession, event: PartyEvent, *, now: datetim
         return EventOutcome(
             EventStatus.IGNORED, f"stale: the party is {party.status} since a later event"
         )
+    shown_before = (party.status, party.status_reason, party.verification_url)
     party.status = status
     party.status_reason = reason
     party.status_event_time = event.event_time
     party.verification_url, party.verification_url_expires_at = verification
     party.updated_at = now
+    if (status, reason, verification[0]) != shown_before:
+        await _party_event(session, party)
     return EventOutcome(EventStatus.APPLIED, f"party now {status} ({reason})", unknown)
+
+
+async def _party_event(session: AsyncSession, party: Party) -> None:
+    """`party.<status>` with the party as `GET /v1/parties/{partyRef}` shows it (which names
+    its current bank account: one read, on this rare path)."""
+    account = await funding_repo.linked_bank_account(session, party.party_ref)
+    events.party_moved(session, party, account)
 
 
 # -- BANK_ACCOUNT_LINK ---------------------------------------------------------------------------

@@ -13,11 +13,9 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -28,6 +26,7 @@ from app.bakkt.webhooks import (
     WEBHOOK_TOKEN_HEADER,
 )
 from app.config import Settings, webhook_secret_key
+from app.core.metrics import Metrics
 from app.errors import PayloadTooLarge, Unauthorized
 
 logger = logging.getLogger("app.webhooks")
@@ -113,17 +112,6 @@ class VerifiedWebhook:
     headers: dict[str, str]
     source_ip: str | None
     received_at: datetime
-
-
-@dataclass(slots=True)
-class WebhookMetrics:
-    """In-process counters; the log carries the same facts line by line."""
-
-    rejected: Counter[str] = field(default_factory=Counter)
-    outcomes: Counter[str] = field(default_factory=Counter)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"rejected": dict(self.rejected), "outcomes": dict(self.outcomes)}
 
 
 class WebhookVerifier:
@@ -234,14 +222,6 @@ def verifier_for(app: FastAPI) -> WebhookVerifier:
     return verifier
 
 
-def metrics_for(app: FastAPI) -> WebhookMetrics:
-    metrics: WebhookMetrics | None = getattr(app.state, "webhook_metrics", None)
-    if metrics is None:
-        metrics = WebhookMetrics()
-        app.state.webhook_metrics = metrics
-    return metrics
-
-
 async def _read_capped(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -260,7 +240,6 @@ async def verified_webhook(request: Request) -> VerifiedWebhook:
     """The dependency: every configured check passes, or the request ends here with 401/413."""
     received_at = datetime.now(UTC)
     verifier = verifier_for(request.app)
-    metrics = metrics_for(request.app)
     source_ip = request.client.host if request.client else None
     headers = request.headers
     try:
@@ -277,7 +256,9 @@ async def verified_webhook(request: Request) -> VerifiedWebhook:
             body=body,
         )
     except (WebhookRejected, WebhookTooLarge) as exc:
-        metrics.rejected[exc.code] += 1
+        metrics: Metrics = request.app.state.metrics
+        metrics.webhooks_rejected.labels(exc.code).inc()
+        metrics.webhooks_received.labels("rejected").inc()
         logger.warning(
             "webhook refused: %s (source %s, webhook-id %r)",
             exc.code,

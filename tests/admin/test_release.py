@@ -167,3 +167,25 @@ async def test_a_bad_note_is_422_and_releases_nothing(
         assert response.status_code == 422, (body, response.text)
         assert response.json()["code"] == code, body
     assert (await row_of(sql, row.id))["held_for_review"] is True
+
+
+async def test_the_hold_and_the_release_are_events_before_the_moves_they_let_through(
+    api: httpx.AsyncClient, ops: dict[str, str], sql: Execute, party: str
+) -> None:
+    row = await add_transfer(sql, party, status="SUBMITTING", cents=2500)
+    assert await _deliver(api, _event(party, row.ref, "PENDING", "25.01", 1)) == "HELD"
+    assert await _deliver(api, _event(party, row.ref, "COMPLETE", "25.01", 2)) == "HELD"
+    response = await api.post(_release(row.id), headers=ops, json={"note": "Bakkt is right"})
+    assert response.status_code == 200, response.text
+    found = await sql(
+        "SELECT type, data FROM events WHERE subject_id = CAST(:id AS uuid) ORDER BY local_id",
+        {"id": row.id},
+    )
+    assert [(r.type, r.data["status"]) for r in found] == [
+        # Once, however many words the hold withheld.
+        ("transaction.held_for_review", "SUBMITTING"),
+        # The transaction as it was released; the moves it let through follow.
+        ("transaction.released", "SUBMITTING"),
+        ("transaction.pending", "PENDING"),
+        ("transaction.completed", "COMPLETED"),
+    ]

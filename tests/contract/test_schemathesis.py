@@ -76,7 +76,11 @@ def _bakkt_document() -> dict[str, Any]:
 
 bakkt_schema = schemathesis.openapi.from_dict(_bakkt_document())
 # The document is the app's own, built without starting it (no database, no Bakkt).
-service_schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
+# The event stream is left out: it answers with a body that never ends before shutdown, which
+# no response check can read to the end (tests/events/test_stream.py drives it).
+service_schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi()).exclude(
+    path_regex=r"/events/stream$"
+)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Scenario 7: two service replicas, workers on in both, behind a round-robin load balancer in
+"""Scenario 8: two service replicas, workers on in both, behind a round-robin load balancer in
 front of one Postgres; Bakkt's webhooks come through the balancer too. The partner app opens a
 connection per request, so the balancer spreads requests as an ingress would. Under steady load from
 careful clients (the same key, exponential backoff, a 40 s budget) one replica is SIGKILLed and
@@ -200,7 +200,7 @@ async def test_one_of_two_replicas_killed_under_load_loses_and_doubles_nothing(
         ),
         "serving processes registered": processes,
     }
-    record_figures("7. two replicas behind a balancer, one SIGKILLed under load", figures)
+    record_figures("8. two replicas behind a balancer, one SIGKILLed under load", figures)
 
     problems = report.problems()
     if careful_undecided:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.cli import _worker_log_config
 from app.config import Settings
-from app.core.logs import escape_controls, log_formatter
+from app.core.logs import escape_controls, guarded_handler, log_formatter
+from app.serving import uvicorn_options
 from tests.webhooks.events import T0, URL, encode, party_event, signed_headers
 
 LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ app")
@@ -22,8 +22,7 @@ LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ app")
 def written() -> Iterator[io.StringIO]:
     """What the service's own formatter writes for the `app` loggers."""
     out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(log_formatter())
+    handler = guarded_handler("text", out)
     logger = logging.getLogger("app")
     logger.addHandler(handler)
     level = logger.level
@@ -63,6 +62,19 @@ def test_control_characters_are_escaped_and_tracebacks_keep_their_lines() -> Non
     assert "Traceback" in text.splitlines()[1]
 
 
-def test_worker_processes_use_the_same_escaping_formatter(settings: Settings) -> None:
-    config = _worker_log_config(settings)
-    assert config["formatters"]["plain"]["()"] == "app.core.logs.log_formatter"
+def test_every_uvicorn_process_logs_through_the_same_filters_and_formatter(
+    settings: Settings,
+) -> None:
+    for log_format in ("json", "text"):
+        config = uvicorn_options(settings.model_copy(update={"log_format": log_format}))[
+            "log_config"
+        ]
+        assert config["formatters"]["main"]["()"] == f"app.core.logs.{log_format}_formatter"
+        assert config["handlers"]["stderr"]["filters"] == ["context", "redact"]
+        # uvicorn's own records reach the root handler; its access log is ours instead.
+        assert config["loggers"]["uvicorn.error"] == {
+            "handlers": [],
+            "propagate": True,
+            "level": settings.log_level.upper(),
+        }
+        assert config["loggers"]["uvicorn.access"]["propagate"] is False

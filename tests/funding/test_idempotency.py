@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from app.core.metrics import METRICS
 from app.funding.schemas import DepositRequest
 from app.funding.service import FundingService
 from app.idempotency.service import fingerprint
@@ -317,10 +318,16 @@ async def test_a_duplicate_while_the_first_is_in_flight_gets_409_then_the_replay
         return bool(rows[0][0])
 
     await eventually(intent_written)
+    refused = METRICS.value("idempotency_rejections_total", code="idempotency_request_in_progress")
     in_flight = await live_api.post(url, json={"amount": "10.00"}, headers=same)
     assert in_flight.status_code == 409
     assert in_flight.json()["code"] == "idempotency_request_in_progress"
     assert in_flight.headers["retry-after"] == "1"
+    # Counted (the process's metrics: other tests count there too, hence the difference).
+    assert (
+        METRICS.value("idempotency_rejections_total", code="idempotency_request_in_progress")
+        == refused + 1
+    )
     done = await first
     assert done.status_code == 202
     replay = await live_api.post(url, json={"amount": "10.00"}, headers=same)

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.recovery.links import expire_abandoned_links
-from app.recovery.metrics import Metrics
 from tests.funding.conftest import TokenFactory
 from tests.funding.helpers import Execute, with_key
 

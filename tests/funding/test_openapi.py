@@ -114,8 +114,9 @@ def test_every_funding_route_is_documented(spec: dict[str, Any]) -> None:
     documented = {
         (method, path)
         for path, operations in spec["paths"].items()
-        if path.startswith("/v1/parties/")
-        for method in operations
+        if path.startswith("/v1/")
+        for method, operation in operations.items()
+        if "funding" in operation["tags"]
     }
     assert documented == set(ROUTES)
 

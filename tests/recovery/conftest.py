@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from app.bakkt import BakktClient
 from app.bakkt.setup import bakkt_config
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.db import create_session_factory
-from app.recovery.metrics import Metrics
 from bakkt_sandbox.testing import RunningSandbox, running_sandbox
 from tests.recovery.helpers import Execute
 

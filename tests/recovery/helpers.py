@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.bakkt import BakktClient, TransferDirection, TransferMethod, TransferRequest
-from app.recovery.metrics import PREFIX, Metrics
+from app.core.metrics import PREFIX, Metrics
 
 Execute = Callable[..., Awaitable[Any]]
 
@@ -141,14 +140,14 @@ async def db_now(run: Execute) -> datetime:
 
 
 def counter_by_label(metrics: Metrics, name: str, label: str) -> dict[str, int]:
-    """A counter's series split by one label, read from what `/metrics` exposes."""
+    """A counter's series split by one label; the series still at 0 (every known label set
+    exists from the start) are left out."""
     out: dict[str, int] = {}
-    pattern = re.compile(rf"^{re.escape(PREFIX + name)}\{{(.*)\}} (\d+)$")
-    for line in metrics.render().splitlines():
-        found = pattern.match(line)
-        if found is None:
-            continue
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', found.group(1)))
-        key = labels.get(label, "")
-        out[key] = out.get(key, 0) + int(found.group(2))
+    full = PREFIX + name
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name != full or not sample.value:
+                continue
+            key = sample.labels.get(label, "")
+            out[key] = out.get(key, 0) + int(sample.value)
     return out

@@ -13,7 +13,7 @@ from app.bakkt import BakktClient, BakktRejected, BakktUnavailable
 from app.bakkt.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker, CircuitOpen
 from app.bakkt.setup import bakkt_config
 from app.config import Settings
-from app.recovery.metrics import Metrics, watch_breaker
+from app.core.metrics import Metrics
 from app.recovery.settle import settle_unknown
 from app.recovery.sweep import sweep_pending
 from bakkt_sandbox.testing import RunningSandbox
@@ -117,8 +117,7 @@ async def test_client_fails_fast_while_open_then_recovers_by_itself(
 ) -> None:
     breaker = CircuitBreaker(failure_threshold=3, cooldown=0.3)
     metrics = Metrics()
-    watch_breaker(metrics, breaker)
-    async with BakktClient(bakkt_config(rsettings), breaker=breaker) as bakkt:
+    async with BakktClient(bakkt_config(rsettings), breaker=breaker, metrics=metrics) as bakkt:
         await bakkt.balance(party)  # a token, so the failures below are Bakkt's
         outage = await sandbox.set_fault("*", "error", status=503)
         for _ in range(3):
@@ -133,11 +132,12 @@ async def test_client_fails_fast_while_open_then_recovers_by_itself(
         assert time.perf_counter() - started < 0.05
         # Refused here: Bakkt never saw the call.
         assert next(f for f in await sandbox.faults() if f["id"] == outage["id"])["seen"] == seen
-        assert "fiat_onramp_bakkt_circuit_open 1" in metrics.render()
+        assert metrics.registry.get_sample_value("fiat_onramp_bakkt_circuit_open") == 1
+        assert metrics.registry.get_sample_value("fiat_onramp_bakkt_up") == 0
         # The recovery jobs do not hammer Bakkt while it is down: they skip their cycle.
         assert await settle_unknown(factory, bakkt, rsettings, metrics=metrics) == 0
         assert await sweep_pending(factory, bakkt, rsettings, metrics=metrics) == 0
-        assert counter_by_label(metrics, "recovery_skipped_circuit_open_total", "job") == {
+        assert counter_by_label(metrics, "recovery_skipped_circuit_open_total", "worker") == {
             "settle": 1,
             "sweep": 1,
         }
@@ -148,7 +148,9 @@ async def test_client_fails_fast_while_open_then_recovers_by_itself(
         assert await bakkt.get_transaction(party, "never-sent") is None
 
         assert state(breaker) is BreakerState.CLOSED
-        assert "fiat_onramp_bakkt_circuit_open 0" in metrics.render()
+        assert metrics.registry.get_sample_value("fiat_onramp_bakkt_circuit_open") == 0
+        assert metrics.registry.get_sample_value("fiat_onramp_bakkt_up") == 1
+        assert metrics.value("bakkt_circuit_opened_total") == 1
 
 
 async def test_client_without_a_breaker_never_refuses(

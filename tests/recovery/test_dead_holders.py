@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.metrics import Metrics
 from app.idempotency.finisher import finish_abandoned_requests
-from app.recovery.metrics import Metrics
 from tests.recovery.conftest import Isolate
 from tests.recovery.helpers import Execute, add_transfer
 

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.auth.dev_token import mint_dev_token
 from app.bakkt import BakktClient, TransferDirection, TransferMethod, TransferRequest
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.main import create_app
-from app.recovery.metrics import Metrics
 from app.recovery.reconcile import reconcile, run_scheduled_reconcile
 from bakkt_sandbox.testing import RunningSandbox
 from tests.recovery.conftest import Isolate

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.recovery.metrics import Metrics
+from app.core.metrics import Metrics
 from app.recovery.retention import apply_retention
 from tests.recovery.helpers import Execute, add_transfer, db_now
 

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.bakkt import BakktClient, BakktOutcomeUnknown
 from app.bakkt.setup import bakkt_config
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.idempotency.finisher import finish_abandoned_requests
-from app.recovery.metrics import Metrics
 from app.recovery.settle import KEY_EXPIRED, WIRE_NOT_RETAINED, settle_unknown
 from bakkt_sandbox.config import FaultMode
 from bakkt_sandbox.testing import RunningSandbox

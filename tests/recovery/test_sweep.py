@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bakkt import BakktClient
 from app.config import Settings
-from app.recovery.metrics import Metrics
+from app.core.metrics import Metrics
 from app.recovery.sweep import add_business_days, settlement_deadline, sweep_pending
 from bakkt_sandbox.testing import RunningSandbox
 from tests.recovery.conftest import Isolate

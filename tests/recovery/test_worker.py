@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.bakkt import BakktClient
 from app.bakkt.breaker import CircuitBreaker
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.main import create_app
-from app.recovery.metrics import Metrics
 from app.recovery.worker import Job, Workers
 from tests.recovery.helpers import counter_by_label
 
@@ -88,7 +88,7 @@ async def test_job_loops_survive_errors_and_database_outages_and_stop_promptly()
     assert 2 <= calls["broken"] <= 3
     assert 2 <= calls["outage"] <= 3
     assert calls["slow"] == 1
-    errors = counter_by_label(metrics, "recovery_job_errors_total", "cause")
+    errors = counter_by_label(metrics, "job_errors_total", "cause")
     assert errors["error"] == calls["broken"]
     assert errors["database"] == calls["outage"]
 
@@ -135,13 +135,13 @@ async def test_bakkt_jobs_are_skipped_while_the_circuit_is_open() -> None:
     await until(
         lambda: (
             ran["local"] > 3
-            and metrics.value("recovery_skipped_circuit_open_total", job="settle") > 3
+            and metrics.value("recovery_skipped_circuit_open_total", worker="settle") > 3
         )
     )
     await workers.stop()
     assert ran["bakkt"] == 0
     assert ran["local"] > 3
-    assert metrics.value("recovery_skipped_circuit_open_total", job="settle") > 3
+    assert metrics.value("recovery_skipped_circuit_open_total", worker="settle") > 3
 
 
 async def test_lifespan_runs_the_workers_only_when_enabled(
@@ -169,6 +169,9 @@ async def test_lifespan_runs_the_workers_only_when_enabled(
             "recovery:retention",
             "recovery:expire_links",
             "recovery:heartbeat",
+            "recovery:sequence_events",
+            "recovery:partner_webhooks",
+            "recovery:partner_webhook_retention",
         }
     assert recovery_tasks() == set()
 

@@ -164,7 +164,7 @@ def start_sandbox(tmp_path: Path) -> Iterator[Any]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
-            if match := re.search(r"listening on (http://\S+)", line):
+            if match := re.search(r"listening on (http://[^\s\"]+)", line):
                 return proc, match.group(1)
             if not line and proc.poll() is not None:
                 break

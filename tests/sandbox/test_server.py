@@ -80,7 +80,7 @@ def test_run_blocks_serving_until_terminated() -> None:
         url = None
         while url is None and time.monotonic() < deadline:
             line = proc.stderr.readline()
-            match = re.search(r"listening on (http://\S+)", line)
+            match = re.search(r"listening on (http://[^\s\"]+)", line)
             url = match.group(1) if match else None
         assert url is not None
         assert httpx.get(url + "/sandbox", timeout=5).status_code == 200

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.main import create_app
 
@@ -33,7 +34,7 @@ def harness(settings: Settings, engine: AsyncEngine, connection: AsyncConnection
 
     @asynccontextmanager
     async def factory(client_ip: str = "127.0.0.1", **overrides: Any) -> AsyncIterator[Harness]:
-        app = create_app(settings.model_copy(update=overrides), engine=engine)
+        app = create_app(settings.model_copy(update=overrides), engine=engine, metrics=Metrics())
         async with app.router.lifespan_context(app):
             app.state.session_factory = create_session_factory(connection)  # type: ignore[arg-type]
             app.state.session_factory.configure(join_transaction_mode="create_savepoint")

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.alerts.models import OperatorAlert
 from app.funding.models import Party, TransactionHistory
 from app.webhooks.models import WebhookEvent
-from app.webhooks.verify import metrics_for
 from tests.webhooks.conftest import HarnessFactory
 from tests.webhooks.events import (
     T0,
@@ -181,12 +180,15 @@ async def test_an_unknown_webhook_type_is_kept_and_flagged(
     assert len(await _alerts(session, "webhook_unknown_type")) == 1
 
 
-async def test_outcomes_are_counted_in_app_state(harness: HarnessFactory) -> None:
+async def test_outcomes_are_counted_in_the_metrics(harness: HarnessFactory) -> None:
     event = party_event("evt-count", party="p-count", status="ACTIVE", reason="ENROLLMENT", at=T0)
     async with harness() as h:
         await deliver(h.http, event)
         await deliver(h.http, event)
-        assert metrics_for(h.app).snapshot()["outcomes"] == {"APPLIED": 1, "DUPLICATE": 1}
+        metrics = h.app.state.metrics
+        assert metrics.value("webhooks_received_total", outcome="applied") == 1
+        assert metrics.value("webhooks_received_total", outcome="duplicate") == 1
+        assert metrics.value("webhooks_received_total") == 2
 
 
 async def test_secrets_never_reach_the_log(

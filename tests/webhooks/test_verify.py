@@ -19,7 +19,6 @@ from app.webhooks.verify import (
     WebhookTimestampInvalid,
     WebhookTokenInvalid,
     WebhookVerifier,
-    metrics_for,
     sign,
 )
 from tests.webhooks.conftest import HarnessFactory
@@ -229,7 +228,7 @@ async def test_a_refused_delivery_gets_401_is_counted_and_not_stored(
 ) -> None:
     async with harness() as h:
         response = await h.http.post(URL, content=BODY, headers=headers())  # type: ignore[operator]
-        assert metrics_for(h.app).rejected[code] == 1
+        assert h.app.state.metrics.value("webhooks_rejected_total", reason=code) == 1
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == code
@@ -320,7 +319,12 @@ async def test_ip_allow_list_off_accepts_any_source_and_on_only_listed_ones(
         assert (await h.http.post(URL, content=BODY, headers=headers)).status_code == 200
     async with harness(client_ip="203.0.113.9", webhook_allowed_ips=["198.51.100.0/24"]) as h:
         refused = await h.http.post(URL, content=BODY, headers=headers)
-        assert metrics_for(h.app).rejected["webhook_source_not_allowed"] == 1
+        assert (
+            h.app.state.metrics.value(
+                "webhooks_rejected_total", reason="webhook_source_not_allowed"
+            )
+            == 1
+        )
     async with harness(client_ip="198.51.100.77", webhook_allowed_ips=["198.51.100.0/24"]) as h:
         allowed = await h.http.post(URL, content=BODY, headers=headers)
     assert (refused.status_code, refused.json()["code"]) == (401, "webhook_source_not_allowed")
@@ -353,7 +357,7 @@ async def test_a_body_over_the_webhook_cap_gets_413_before_verification(
         response = await h.http.post(
             URL, content=big, headers=signed_headers(big, msg_id="evt-big")
         )
-        assert metrics_for(h.app).rejected["payload_too_large"] == 1
+        assert h.app.state.metrics.value("webhooks_rejected_total", reason="payload_too_large") == 1
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
 

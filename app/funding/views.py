@@ -1,0 +1,72 @@
+"""The public JSON of each funding object, built from its row: the one code the routes, the
+stored idempotent answers and the events (`app.events`) all render with, so they cannot differ."""
+
+from __future__ import annotations
+
+from app.core.money import format_dollars
+from app.funding import schemas
+from app.funding.models import (
+    BankAccount,
+    BankAccountStatus,
+    Party,
+    PartyStatus,
+    Transaction,
+    TransactionMethod,
+    TransactionStatus,
+    TransactionType,
+)
+from app.funding.party_status import REASONS, allowed
+
+
+def transaction_out(txn: Transaction) -> schemas.TransactionOut:
+    return schemas.TransactionOut(
+        id=txn.id,
+        type=TransactionType(txn.type),
+        method=TransactionMethod(txn.method) if txn.method else None,
+        status=TransactionStatus(txn.status),
+        amount=format_dollars(txn.amount_cents),
+        currency=txn.currency,
+        reason_code=txn.reason_code,
+        created_at=txn.created_at,
+        updated_at=txn.updated_at,
+    )
+
+
+def bank_account_out(account: BankAccount) -> schemas.BankAccountOut:
+    return schemas.BankAccountOut(
+        id=account.id,
+        status=BankAccountStatus(account.status),
+        link_method=account.link_method,
+        bank_name=account.bank_name,
+        account_mask=account.account_mask,
+        account_type=account.account_type,
+        reason_code=account.reason_code,
+        needs_review=account.needs_review,
+        current=account.status == BankAccountStatus.LINKED,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+    )
+
+
+def party_out(party_ref: str, party: Party | None, account: BankAccount | None) -> schemas.PartyOut:
+    # A party Bakkt has said nothing about is ACTIVE: that is how the money path treats it.
+    status = party.status if party is not None else PartyStatus.ACTIVE
+    code = party.status_reason if party is not None else None
+    reason = REASONS.get(code) if code else None
+    may = allowed(status)
+    return schemas.PartyOut(
+        party_ref=party_ref,
+        status=status,
+        reason_code=code,
+        reason_meaning=reason.meaning if reason else None,
+        reason_effect=reason.effect if reason else None,
+        status_changed_at=party.status_event_time if party is not None else None,
+        allowed=schemas.PartyActions(
+            deposit=may.deposit, withdraw=may.withdraw, link_bank_account=may.link
+        ),
+        verification_url=party.verification_url if party is not None else None,
+        verification_url_expires_at=(
+            party.verification_url_expires_at if party is not None else None
+        ),
+        current_bank_account=bank_account_out(account) if account is not None else None,
+    )

@@ -1,0 +1,70 @@
+"""Endpoints from PARTNER_WEBHOOK_URLS: rows of their own, the same id in every replica, signed
+with every PARTNER_WEBHOOK_SECRETS entry; one removed from the settings is disabled, and
+enabled again where it stopped when it comes back."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from app.config import Settings
+from app.core.metrics import Metrics
+from app.partner_webhooks.dispatcher import Dispatcher, settings_endpoint_id
+from app.partner_webhooks.metrics import Backlog
+from tests.partner_webhooks.conftest import (
+    SECRET_A,
+    SECRET_B,
+    Execute,
+    Receiver,
+    add_event,
+    endpoint_of,
+)
+
+
+async def test_settings_endpoints_are_synced_signed_with_every_secret_and_retired(
+    sql: Execute,
+    factory: async_sessionmaker[AsyncSession],
+    wsettings: Settings,
+    receiver: Receiver,
+) -> None:
+    await sql("UPDATE partner_webhook_endpoints SET status = 'DISABLED'")
+    configured = wsettings.model_copy(
+        update={
+            "partner_webhook_urls": [receiver.url],
+            "partner_webhook_secrets": [SecretStr(SECRET_A), SecretStr(SECRET_B)],
+        }
+    )
+    endpoint = settings_endpoint_id(receiver.url)
+    first = Dispatcher(factory, configured, metrics=Metrics(), backlog=Backlog())
+    try:
+        await first.cycle()  # the row is written; it starts after the newest event
+        party = "pw-settings-1"
+        sent = await add_event(sql, party)
+        await first.cycle()
+    finally:
+        await first.aclose()
+    assert receiver.ids_of(party) == [sent]
+    for secret in (SECRET_A, SECRET_B):
+        Webhook(secret).verify(receiver.delivered[0].body, receiver.delivered[0].headers)
+
+    # A process started without it retires it; its events wait.
+    bare = Dispatcher(factory, wsettings, metrics=Metrics(), backlog=Backlog())
+    try:
+        await bare.cycle()
+        found = await endpoint_of(sql, endpoint)
+        assert (found["status"], found["disabled_reason"]) == ("DISABLED", "removed_from_settings")
+        waiting = await add_event(sql, party)
+        await bare.cycle()
+        assert receiver.ids_of(party) == [sent]
+    finally:
+        await bare.aclose()
+
+    # Back in the settings: enabled again, and what was written meanwhile is delivered.
+    again = Dispatcher(factory, configured, metrics=Metrics(), backlog=Backlog())
+    try:
+        await again.cycle()
+    finally:
+        await again.aclose()
+    assert (await endpoint_of(sql, endpoint))["status"] == "ENABLED"
+    assert receiver.ids_of(party) == [sent, waiting]
