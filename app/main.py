@@ -163,7 +163,8 @@ def create_app(
     app.include_router(recovery_router)
     # The partner's operators (admin scope, no party): not limited per party.
     app.include_router(admin_router)
-    app.include_router(events_router)
+    # The party's pages and stream per party, the back end's catch-up per admin subject.
+    app.include_router(events_router, **RATE_LIMITED)
     app.include_router(partner_webhooks_router)
     declare_event_webhooks(app)
     if settings.app_env is AppEnv.DEVELOPMENT:
@@ -173,7 +174,8 @@ def create_app(
     if app.state.rate_limits is not None:
         app.state.rate_limits.bind_routes(app.routes)
     # Added innermost first: a request meets RequestId, the request metrics and access line,
-    # SecurityHeaders, the shutdown cut, CORS, the listener gate, then the body limit.
+    # SecurityHeaders, CORS (so that a browser app can read every answer below it), the
+    # shutdown cut, the listener gate, then the body limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_request_body_bytes,
@@ -185,8 +187,8 @@ def create_app(
         app.add_middleware(
             ListenerGate, ops_public=settings.ops_routes_public, docs_enabled=settings.docs_enabled
         )
-    install_cors(app, settings)
     app.add_middleware(shutdown.ShutdownCutMiddleware, draining=app.state.draining)
+    install_cors(app, settings)
     app.add_middleware(
         SecurityHeadersMiddleware,
         headers=default_headers(settings),

@@ -146,6 +146,20 @@ async def test_an_allowed_origin_may_send_the_apis_headers_and_read_its_answers(
     assert "Origin" in read.headers["vary"]
 
 
+async def test_a_browser_app_can_read_a_429_and_its_retry_after(
+    service: ServiceFactory, party: str
+) -> None:
+    headers = {"Origin": ORIGIN}
+    async with service(cors_allowed_origins=ORIGIN, rate_limit_reads="1/minute") as svc:
+        path = f"/v1/parties/{party}/transactions"
+        await svc.http.get(path, headers={**svc.headers(party), **headers})
+        refused = await svc.http.get(path, headers={**svc.headers(party), **headers})
+
+    assert refused.status_code == 429
+    assert refused.headers["access-control-allow-origin"] == ORIGIN
+    assert "Retry-After" in refused.headers["access-control-expose-headers"]
+
+
 async def test_another_origin_gets_a_problem_and_no_allow_origin(
     service: ServiceFactory, party: str
 ) -> None:
