@@ -212,11 +212,16 @@ class ServiceServer(uvicorn.Server):
         self.internal = _QuietSignalsServer(internal) if internal is not None else None
         self._internal_sockets = internal_sockets
         self._internal_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
-            logger.info("%s: draining", signal.Signals(sig).name)
             shutdown.terminate()
+            if self._loop is not None:
+                # Logged from the loop: a signal handler may interrupt a write to the same log.
+                self._loop.call_soon_threadsafe(
+                    logger.info, "%s: draining", signal.Signals(sig).name
+                )
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
@@ -232,6 +237,7 @@ class ServiceServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.internal is not None and self.started and not self.should_exit:
             self._internal_task = asyncio.create_task(
