@@ -35,7 +35,6 @@ from app.config import Settings, normalize_database_url
 from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.partner_webhooks.dispatcher import Dispatcher
-from app.partner_webhooks.metrics import Backlog
 
 SECRET = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ=="
 
@@ -102,9 +101,7 @@ async def run(events: int, parties: int, concurrency: int, batch: int) -> None:
             partner_webhook_batch=batch,
             partner_webhook_max_connections=concurrency,
         )
-        dispatcher = Dispatcher(
-            create_session_factory(engine), settings, metrics=Metrics(), backlog=Backlog()
-        )
+        dispatcher = Dispatcher(create_session_factory(engine), settings, metrics=Metrics())
         await asyncio.sleep(0.5)  # the receiver's socket
         load_before = os.getloadavg()
         started = time.perf_counter()

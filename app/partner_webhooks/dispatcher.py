@@ -35,7 +35,6 @@ from app.core.metrics import METRICS, Metrics
 from app.events.listen import Listener
 from app.partner_webhooks import metrics as pm
 from app.partner_webhooks import repository as repo
-from app.partner_webhooks.metrics import BACKLOG, Backlog
 from app.partner_webhooks.models import DisabledReason, EndpointSource, EndpointStatus
 from app.partner_webhooks.repository import ClaimedLane, EndpointTarget, PendingDelivery
 from app.partner_webhooks.schedule import retry_delay
@@ -53,7 +52,6 @@ CLAIM_WINDOW = 10.0
 # Outcomes are written when this many lanes have finished, or this long after the oldest.
 FLUSH_LANES = 200
 FLUSH_EVERY = 0.05
-STATS_EVERY = 5.0
 
 ALERT_DISABLED = "partner_webhook_endpoint_disabled"
 ALERT_PARTY_BLOCKED = "partner_webhook_party_blocked"
@@ -102,14 +100,12 @@ class Dispatcher:
         *,
         sender: Sender | None = None,
         metrics: Metrics | None = None,
-        backlog: Backlog | None = None,
         listen_url: URL | str | None = None,
     ) -> None:
         self.factory = factory
         self.settings = settings
         self.sender = sender or Sender(settings)
         self.metrics = metrics or METRICS
-        self.backlog = backlog or BACKLOG
         self._synced = False
         # Set by the sequencer's `events` notice (any replica's): new numbered events to send.
         self.wake = asyncio.Event()
@@ -118,7 +114,6 @@ class Dispatcher:
             if listen_url is not None
             else None
         )
-        self._stats_at = 0.0
         self._settings_keys = [
             webhook_secret_key(s.get_secret_value()) for s in settings.partner_webhook_secrets
         ]
@@ -198,7 +193,6 @@ class Dispatcher:
             if finished:
                 await self._record(finished, clock)
                 finished = []
-            await self._refresh_stats()
         finally:
             for task in running:
                 task.cancel()
@@ -426,21 +420,6 @@ class Dispatcher:
                 ),
                 data={"endpointId": str(endpoint_id), "reason": reason.value},
             ),
-        )
-
-    async def _refresh_stats(self) -> None:
-        moment = time.monotonic()
-        if moment - self._stats_at < STATS_EVERY:
-            return
-        self._stats_at = moment
-        async with self.factory() as session:
-            lag, pending, oldest = await repo.stats(session)
-            now = await db_now(session)
-            await session.rollback()
-        self.backlog.fanout_lag = float(lag)
-        self.backlog.pending = float(pending)
-        self.backlog.oldest_pending_seconds = (
-            0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
         )
 
     async def apply_retention(self, *, now: datetime | None = None, batch: int = 5000) -> int:

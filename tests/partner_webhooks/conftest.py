@@ -26,7 +26,6 @@ from app.config import Settings
 from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.partner_webhooks.dispatcher import Dispatcher
-from app.partner_webhooks.metrics import Backlog
 
 SECRET_A = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ=="  # 32 bytes of "A"
 SECRET_B = "whsec_" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQg=="  # 32 bytes of "B"
@@ -127,7 +126,7 @@ def wsettings(settings: Settings) -> Settings:
 async def dispatcher(
     factory: async_sessionmaker[AsyncSession], wsettings: Settings
 ) -> AsyncIterator[Dispatcher]:
-    made = Dispatcher(factory, wsettings, metrics=Metrics(), backlog=Backlog())
+    made = Dispatcher(factory, wsettings, metrics=Metrics())
     try:
         yield made
     finally:

@@ -16,7 +16,6 @@ from app.config import Settings
 from app.core.metrics import Metrics
 from app.db import create_session_factory
 from app.partner_webhooks.dispatcher import Dispatcher
-from app.partner_webhooks.metrics import Backlog
 from tests.partner_webhooks.conftest import SECRET_A, Receiver
 
 
@@ -55,7 +54,6 @@ async def test_two_replicas_deliver_every_event_once_in_party_order(
             factory,
             wsettings.model_copy(update={"partner_webhook_batch": 3}),
             metrics=Metrics(),
-            backlog=Backlog(),
         )
         for _ in range(2)
     ]

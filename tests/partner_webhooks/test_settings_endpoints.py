@@ -11,7 +11,6 @@ from standardwebhooks.webhooks import Webhook
 from app.config import Settings
 from app.core.metrics import Metrics
 from app.partner_webhooks.dispatcher import Dispatcher, settings_endpoint_id
-from app.partner_webhooks.metrics import Backlog
 from tests.partner_webhooks.conftest import (
     SECRET_A,
     SECRET_B,
@@ -36,7 +35,7 @@ async def test_settings_endpoints_are_synced_signed_with_every_secret_and_retire
         }
     )
     endpoint = settings_endpoint_id(receiver.url)
-    first = Dispatcher(factory, configured, metrics=Metrics(), backlog=Backlog())
+    first = Dispatcher(factory, configured, metrics=Metrics())
     try:
         await first.cycle()  # the row is written; it starts after the newest event
         party = "pw-settings-1"
@@ -49,7 +48,7 @@ async def test_settings_endpoints_are_synced_signed_with_every_secret_and_retire
         Webhook(secret).verify(receiver.delivered[0].body, receiver.delivered[0].headers)
 
     # A process started without it retires it; its events wait.
-    bare = Dispatcher(factory, wsettings, metrics=Metrics(), backlog=Backlog())
+    bare = Dispatcher(factory, wsettings, metrics=Metrics())
     try:
         await bare.cycle()
         found = await endpoint_of(sql, endpoint)
@@ -61,7 +60,7 @@ async def test_settings_endpoints_are_synced_signed_with_every_secret_and_retire
         await bare.aclose()
 
     # Back in the settings: enabled again, and what was written meanwhile is delivered.
-    again = Dispatcher(factory, configured, metrics=Metrics(), backlog=Backlog())
+    again = Dispatcher(factory, configured, metrics=Metrics())
     try:
         await again.cycle()
     finally:
