@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 from fastapi import Request
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
@@ -74,6 +75,23 @@ async def outside_transaction(session: AsyncSession) -> None:
     caller's transaction (the tests' rolled-back one) stays inside it."""
     if isinstance(session.bind, AsyncEngine) and not session.in_transaction():
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session's current transaction (begun if none is), for
+    a hot-path statement that SQLAlchemy's per-statement machinery would cost several times
+    more than the round trip itself (docs/performance.md). Statements run here are inside the
+    session's transaction: its commit or rollback, and its before-commit hooks (the outbox),
+    cover them. The session's identity map knows nothing of what they write, so run them where
+    no ORM object of the same rows is used afterwards. The dialect's JSON and JSONB codecs
+    are on the connection: a parameter is passed as JSON text (`json.dumps(...)`), a column is
+    read back already decoded."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if not isinstance(driver, asyncpg.Connection):  # pragma: no cover - the dialect is asyncpg
+        raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
+    return driver
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -234,6 +234,9 @@ class Run:
     ) -> Phase:
         path = self.dir / f"{name}.plan"
         write_plan(path, plan)
+        profiler = (
+            _start_profiler(self, target, name, seconds) if self.args.profile == name else None
+        )
         cpu_before = cpu_seconds(target.pid)
         with ActivitySampler(self.db_url) as sampler:
             result = run_plan(
@@ -247,6 +250,8 @@ class Run:
             name, result, cpu_seconds(target.pid) - cpu_before, sampler.summary(result.requests)
         )
         self.phases[name] = phase
+        if profiler is not None:
+            self.profile = _finish_profiler(self, profiler, name)
         self.log(
             f"{name:24} {result.per_second:9.1f}/s  p99 {result.p99_ms:8.1f} ms  "
             f"errors {result.errors}"
@@ -448,6 +453,7 @@ def _execute(run: Run, db_url: str) -> dict[str, Any]:
                 "DEFAULT_LIMIT_PER_30_DAYS": NO_LIMIT,
                 "RATE_LIMIT_READS": NO_RATE_LIMIT,
                 "RATE_LIMIT_WRITES": NO_RATE_LIMIT,
+                **dict(args.service_env),
             }
         ),
     )
@@ -507,12 +513,9 @@ def _execute(run: Run, db_url: str) -> dict[str, Any]:
     run.drive("floor_warmup", floor, floor_url, warm, sizes.warmup)
     run.rss["after_warmup"], run.rss_process["after_warmup"] = rss_mb(service.pid)
 
-    profiler = _start_profiler(run, service, sizes.deposits) if args.profile else None
     before = asyncio.run(_count(db_url, "transactions"))
     run.drive("deposits", service, svc_url, deposits, sizes.deposits)
     run.created["deposits"] = asyncio.run(_count(db_url, "transactions")) - before
-    if profiler is not None:
-        run.profile = _finish_profiler(run, profiler)
     before = asyncio.run(_count(db_url, "floor_transfers"))
     run.drive("floor_deposits", floor, floor_url, deposits, sizes.deposits)
     run.created["floor_deposits"] = asyncio.run(_count(db_url, "floor_transfers")) - before
@@ -636,11 +639,13 @@ def _soak(run: Run, target: Child, base_url: str, plan: list[PlannedRequest]) ->
     return phase
 
 
-def _start_profiler(run: Run, service: Child, seconds: float) -> subprocess.Popen[bytes]:
+def _start_profiler(
+    run: Run, service: Child, phase: str, seconds: float
+) -> subprocess.Popen[bytes]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("--profile needs py-spy: `pip install py-spy` (in the dev extra)")
-    out = run.dir / "deposits.profile.txt"
+    out = run.dir / f"{phase}.profile.txt"
     return subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
         [
             py_spy,
@@ -663,12 +668,12 @@ def _start_profiler(run: Run, service: Child, seconds: float) -> subprocess.Pope
     )
 
 
-def _finish_profiler(run: Run, profiler: subprocess.Popen[bytes]) -> dict[str, Any]:
+def _finish_profiler(run: Run, profiler: subprocess.Popen[bytes], phase: str) -> dict[str, Any]:
     profiler.wait(timeout=60)
-    raw = run.dir / "deposits.profile.txt"
-    target = DATA_DIR / "deposits.profile.txt"
+    raw = run.dir / f"{phase}.profile.txt"
+    target = DATA_DIR / f"{phase}.profile.txt"
     shutil.copyfile(raw, target)
-    return summarize_profile(raw, top=25) | {"raw": str(target)}
+    return summarize_profile(raw, top=25) | {"raw": str(target), "phase": phase}
 
 
 # Frames every request passes through (the server, the event loop, the ASGI stack): left out of
@@ -802,6 +807,7 @@ def _figures(run: Run, driver: str) -> dict[str, Any]:
         "config": {
             "workers": run.args.workers,
             "driver": driver,
+            "service_env": dict(run.args.service_env),
             **{f.name: getattr(run.sizes, f.name) for f in fields(run.sizes)},
         },
         "service": service,
@@ -828,7 +834,7 @@ def _figures(run: Run, driver: str) -> dict[str, Any]:
         for name, target, get, ok in TARGETS
     ]
     if run.profile is not None:
-        figures["profile_deposits"] = run.profile
+        figures[f"profile_{run.profile['phase']}"] = run.profile
     return figures
 
 
@@ -893,9 +899,10 @@ def render(figures: dict[str, Any]) -> str:
         )
     for note in figures["notes"]:
         lines.append(f"note: {note}")
-    profile = figures.get("profile_deposits")
+    profile = next((v for k, v in figures.items() if k.startswith("profile_")), None)
     if profile:
-        lines += ["", f"py-spy, deposit phase ({profile['samples']} samples), self+children:"]
+        phase = profile.get("phase", "deposits")
+        lines += ["", f"py-spy, phase {phase} ({profile['samples']} samples), self+children:"]
         lines += [f"  {e['percent']:5.1f}%  {e['function']}" for e in profile["total"][:20]]
         lines += ["self time by package:"]
         lines += [
@@ -944,10 +951,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deposits", type=float, default=None, help="seconds of the deposit phase")
     parser.add_argument("--json", type=Path, default=DATA_DIR / "latest.json")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy the service during the deposit phase"
+        "--profile",
+        nargs="?",
+        const="deposits",
+        default=None,
+        metavar="PHASE",
+        help="py-spy the service during one phase (default deposits; also replays, webhooks, "
+        "reads_transactions, reads_detail, reads_bank_accounts, warmup)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run's logs and plans")
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="a setting of the service under test, for an experiment (repeatable); the figures "
+        "record it under config.service_env",
+    )
     return parser
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:
