@@ -115,7 +115,11 @@ def create_app(
             if settings.workers_enabled:
                 # Stopped before the client and the engine close (the stack unwinds in reverse).
                 workers = Workers.for_service(
-                    app.state.session_factory, app.state.bakkt, settings, metrics=metrics
+                    app.state.session_factory,
+                    app.state.bakkt,
+                    settings,
+                    metrics=metrics,
+                    process_id=heartbeat.id,
                 )
                 workers.start()
                 stack.push_async_callback(_stop_workers, app, workers, settings)

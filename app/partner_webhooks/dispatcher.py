@@ -10,7 +10,9 @@ Database work (fan-out, claims, recording) happens between sends, in short trans
 own; no transaction is open while a request is in flight. Outcomes are recorded in batches, so
 at 500 events/s the database sees a few transactions a second, not one per event. A worker that
 dies with sends in flight leaves its lanes to the lease: those events are sent again (at least
-once), never skipped.
+once), never skipped. Each claim names this process (its heartbeat in `service_processes`), so
+when that heartbeat goes stale the next cycle of any replica takes the lanes back at once, without
+waiting out the lease.
 """
 
 from __future__ import annotations
@@ -101,9 +103,12 @@ class Dispatcher:
         sender: Sender | None = None,
         metrics: Metrics | None = None,
         listen_url: URL | str | None = None,
+        process_id: uuid.UUID | None = None,
     ) -> None:
         self.factory = factory
         self.settings = settings
+        # The heartbeat that vouches for this process's claims (None: the lease alone).
+        self.process_id = process_id
         self.sender = sender or Sender(settings)
         self.metrics = metrics or METRICS
         self._synced = False
@@ -138,6 +143,7 @@ class Dispatcher:
         if not self._synced:
             await self.sync_settings_endpoints(clock.now())
             self._synced = True
+        await self._reclaim(clock.now())
         settings = self.settings
         concurrency = settings.partner_webhook_concurrency
         running: set[asyncio.Task[_LaneResult]] = set()
@@ -223,6 +229,17 @@ class Dispatcher:
             await session.commit()
         self.metrics.inc(pm.FANNED_OUT, result.added)
 
+    async def _reclaim(self, now: datetime) -> None:
+        async with self.factory() as session:
+            taken = await repo.reclaim_from_gone_holders(
+                session,
+                now=now,
+                stale_after=timedelta(seconds=self.settings.process_stale_after),
+            )
+            await session.commit()
+        if taken:
+            log.warning("%d partner webhook lane(s) taken back from a stopped process", taken)
+
     async def _claim(self, clock: CycleClock, limit: int) -> list[ClaimedLane]:
         now = clock.now()
         async with self.factory() as session:
@@ -232,6 +249,7 @@ class Dispatcher:
                 lease_until=now + timedelta(seconds=self.settings.partner_webhook_lease),
                 limit=limit,
                 per_lane=self.settings.partner_webhook_batch,
+                holder=self.process_id,
             )
             await session.commit()
         return lanes

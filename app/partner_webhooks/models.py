@@ -98,12 +98,20 @@ class WebhookLane(Base):
     # The claim that holds the lane: an outcome recorded under another claim's token (its lease
     # ran out and another worker took the lane) leaves the schedule to the newer claim.
     claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # The process holding that claim (service_processes.id; NULL: a claimer without a heartbeat,
+    # left to the lease). Once its heartbeat is stale the lane is due again at once.
+    claim_holder: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
     __table_args__ = (
         Index(
             "ix_partner_webhook_lanes_due",
             "next_attempt_at",
             postgresql_where=text("next_attempt_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_partner_webhook_lanes_claim_holder",
+            "claim_holder",
+            postgresql_where=text("claim_token IS NOT NULL"),
         ),
     )
 

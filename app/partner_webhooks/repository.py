@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -223,7 +223,7 @@ _CLAIM = text(
         FOR UPDATE OF l SKIP LOCKED
     )
     UPDATE partner_webhook_lanes AS l
-    SET next_attempt_at = :lease_until, claim_token = :token
+    SET next_attempt_at = :lease_until, claim_token = :token, claim_holder = :holder
     FROM due WHERE l.endpoint_id = due.endpoint_id AND l.party_ref = due.party_ref
     RETURNING l.endpoint_id, l.party_ref, l.failures, l.failing_since
     """
@@ -246,6 +246,31 @@ _LANE_HEADS = text(
     ORDER BY d.endpoint_id, d.party_ref, d.seq
     """
 )
+
+
+# A claim whose holder stopped renewing its heartbeat (app/processes: killed, or cut off from the
+# database) is over: its lanes are due now instead of when the lease ends. The same belief as
+# the idempotency claims' (processes.repository.holder_gone): a holder with no row is not judged
+# gone. Believing a live but stalled holder gone costs a second send of what it had in flight
+# (at least once); its late outcome is recorded without touching the new claim's schedule
+# (the claim token differs).
+_RECLAIM = text(
+    """
+    UPDATE partner_webhook_lanes AS l SET next_attempt_at = :now
+    FROM service_processes AS p
+    WHERE l.claim_token IS NOT NULL AND l.claim_holder = p.id
+      AND p.heartbeat_at < clock_timestamp() - CAST(:stale_after AS interval)
+      AND l.next_attempt_at > :now
+    """
+)
+
+
+async def reclaim_from_gone_holders(
+    session: AsyncSession, *, now: datetime, stale_after: timedelta
+) -> int:
+    """Make the lanes of claims whose holder is gone due at `now`; how many."""
+    result = await session.execute(_RECLAIM, {"now": now, "stale_after": stale_after})
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +299,7 @@ async def claim_lanes(
     lease_until: datetime,
     limit: int,
     per_lane: int,
+    holder: uuid.UUID | None = None,
 ) -> list[ClaimedLane]:
     """Claim up to `limit` due lanes of enabled endpoints (SKIP LOCKED: replicas share the work)
     and read each one's first `per_lane` pending events in seq order. The lease keeps every
@@ -281,7 +307,14 @@ async def claim_lanes(
     token = uuid.uuid4()
     claimed = (
         await session.execute(
-            _CLAIM, {"now": now, "lease_until": lease_until, "limit": limit, "token": token}
+            _CLAIM,
+            {
+                "now": now,
+                "lease_until": lease_until,
+                "limit": limit,
+                "token": token,
+                "holder": holder,
+            },
         )
     ).all()
     if not claimed:
@@ -399,6 +432,7 @@ _UPDATE_LANES = text(
             ELSE coalesce(l.failing_since, u.at)
         END,
         claim_token = NULL,
+        claim_holder = NULL,
         next_attempt_at = CASE
             WHEN NOT u.ok THEN u.next_at
             WHEN EXISTS (

@@ -205,13 +205,16 @@ class Workers:
         settings: Settings,
         *,
         metrics: Metrics | None = None,
+        process_id: uuid.UUID | None = None,
     ) -> Workers:
+        """`process_id`: this process's heartbeat, named in the claims that outlive a cycle."""
         metrics = metrics or METRICS
         dispatcher = Dispatcher(
             session_factory,
             settings,
             metrics=metrics,
             listen_url=_database_url(session_factory, settings),
+            process_id=process_id,
         )
         return cls(
             service_jobs(session_factory, bakkt, settings, metrics, dispatcher),
@@ -332,7 +335,7 @@ async def run_standalone(settings: Settings) -> None:
         )
         await heartbeat.start()
         async with BakktClient(bakkt_config(settings), breaker=bakkt_breaker(settings)) as bakkt:
-            workers = Workers.for_service(factory, bakkt, settings)
+            workers = Workers.for_service(factory, bakkt, settings, process_id=heartbeat.id)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -10,9 +10,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app.partner_webhooks.dispatcher import ALERT_DISABLED, Dispatcher
+from app.config import Settings
+from app.core.metrics import Metrics
+from app.partner_webhooks.dispatcher import ALERT_DISABLED, CycleClock, Dispatcher
 from app.partner_webhooks.service import WebhookEndpointService
 from tests.partner_webhooks.conftest import (
     SECRET_A,
@@ -317,3 +320,85 @@ async def test_a_lane_claimed_by_a_worker_is_not_sent_by_another(
     # The lease runs out (that worker died): the event is sent by this one.
     await dispatcher.cycle(now=now + timedelta(seconds=31))
     assert receiver.ids_of(p)[-1] == second
+
+
+async def _claimed_by(
+    sql: Execute, endpoint: uuid.UUID, party_ref: str, *, heartbeat_age: timedelta
+) -> uuid.UUID:
+    """The lane held by another process's claim, a lease ahead; that process's last heartbeat
+    was `heartbeat_age` ago."""
+    holder = uuid.uuid4()
+    await sql(
+        "INSERT INTO service_processes (id, kind, hostname, pid, started_at, heartbeat_at) "
+        "VALUES (:id, 'serve', 'elsewhere', 1, clock_timestamp() - interval '1 hour', "
+        "clock_timestamp() - CAST(:age AS interval))",
+        {"id": holder, "age": heartbeat_age},
+    )
+    await sql(
+        "UPDATE partner_webhook_lanes SET next_attempt_at = clock_timestamp() + interval "
+        "'100 seconds', claim_token = :t, claim_holder = :h "
+        "WHERE endpoint_id = :e AND party_ref = :p",
+        {"t": uuid.uuid4(), "h": holder, "e": endpoint, "p": party_ref},
+    )
+    return holder
+
+
+async def test_a_lane_whose_holder_stopped_its_heartbeat_is_sent_without_waiting_for_the_lease(
+    sql: Execute, dispatcher: Dispatcher, receiver: Receiver, party: Party
+) -> None:
+    endpoint = await add_endpoint(sql, receiver.url)
+    p = party()
+    event = await add_event(sql, p)
+    await dispatcher._fan_out(await db_now(sql))
+    # A replica claimed the lane and was SIGKILLed: its heartbeat is older than
+    # PROCESS_STALE_AFTER (6 s), its lease has 100 s to go.
+    await _claimed_by(sql, endpoint, p, heartbeat_age=timedelta(seconds=30))
+
+    await dispatcher.cycle()
+
+    assert receiver.ids_of(p) == [event]
+    [lane] = await sql(
+        "SELECT claim_token, claim_holder, next_attempt_at FROM partner_webhook_lanes "
+        "WHERE endpoint_id = :e AND party_ref = :p",
+        {"e": endpoint, "p": p},
+    )
+    assert (lane.claim_token, lane.claim_holder, lane.next_attempt_at) == (None, None, None)
+
+
+async def test_a_lane_whose_holder_is_alive_waits_for_its_lease(
+    sql: Execute, dispatcher: Dispatcher, receiver: Receiver, party: Party
+) -> None:
+    endpoint = await add_endpoint(sql, receiver.url)
+    p = party()
+    await add_event(sql, p)
+    await dispatcher._fan_out(await db_now(sql))
+    await _claimed_by(sql, endpoint, p, heartbeat_age=timedelta(seconds=1))
+
+    await dispatcher.cycle()
+
+    assert receiver.ids_of(p) == []
+
+
+async def test_this_dispatchers_claims_name_its_process(
+    sql: Execute,
+    factory: async_sessionmaker[AsyncSession],
+    wsettings: Settings,
+    receiver: Receiver,
+    party: Party,
+) -> None:
+    await add_endpoint(sql, receiver.url)
+    p = party()
+    await add_event(sql, p)
+    me = uuid.uuid4()
+    named = Dispatcher(factory, wsettings, metrics=Metrics(), process_id=me)
+    try:
+        await named._fan_out(await db_now(sql))
+        lanes = await named._claim(CycleClock(await db_now(sql)), 8)
+    finally:
+        await named.aclose()
+
+    assert [lane.party_ref for lane in lanes] == [p]
+    holders = await sql(
+        "SELECT claim_holder FROM partner_webhook_lanes WHERE party_ref = :p", {"p": p}
+    )
+    assert [row[0] for row in holders] == [me]
