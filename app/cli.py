@@ -406,6 +406,38 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def _reseal(settings: Settings) -> int:
+    from app.db import create_engine, create_session_factory
+    from app.partner_webhooks.service import reseal_secrets
+
+    engine = create_engine(settings)
+    try:
+        async with create_session_factory(engine)() as session:
+            done = await reseal_secrets(session, settings)
+    finally:
+        await engine.dispose()
+    print(
+        f"sealed again under the first key: {done.resealed}; already under it: {done.current}; "
+        f"unreadable: {len(done.unreadable)}"
+    )
+    for line in done.unreadable:
+        print(f"  unreadable: {line}", file=sys.stderr)
+    return 1 if done.unreadable else 0
+
+
+def cmd_seal_webhook_secrets(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from app.errors import AppError
+
+    settings = get_settings()
+    _configure_logging(settings)
+    _require_database_url(settings)
+    try:
+        return asyncio.run(_reseal(settings))
+    except AppError as exc:
+        print(f"fiat-onramp seal-webhook-secrets: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fiat-onramp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -485,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_reconcile)
 
     _add_admin_parser(sub)
+    sub.add_parser(
+        "seal-webhook-secrets",
+        help="seal every admin webhook endpoint's own secrets under the first "
+        "PARTNER_WEBHOOK_SEALING_KEYS key (after a rotation, or for rows from before sealing)",
+    ).set_defaults(func=cmd_seal_webhook_secrets)
 
     bench = sub.add_parser(
         "bench",

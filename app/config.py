@@ -291,6 +291,10 @@ class Settings(BaseSettings):
     # endpoints come from the admin routes.
     partner_webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     partner_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # AES-256 keys (base64 of 32 bytes, comma-separated) sealing admin endpoints' own secrets in
+    # the database; the first seals, all open (rotation). Empty: a development key outside
+    # production; in production, admin endpoints with their own secrets are refused until set.
+    partner_webhook_sealing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # In production, targets resolving to private, loopback, link-local (and other non-public)
     # addresses are refused (SSRF) unless this is set.
     partner_webhook_allow_private_targets: bool = False
@@ -360,6 +364,7 @@ class Settings(BaseSettings):
         "forwarded_allow_ips",
         "partner_webhook_urls",
         "partner_webhook_secrets",
+        "partner_webhook_sealing_keys",
         "partner_webhook_retry_schedule",
         "cors_allowed_origins",
         mode="before",
@@ -379,6 +384,18 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 # Which one, never its value: the message reaches the terminal and the logs.
                 raise ValueError(f"secret {position} of {len(value)} {exc}") from None
+        return value
+
+    @field_validator("partner_webhook_sealing_keys")
+    @classmethod
+    def _sealing_key_format(cls, value: list[SecretStr]) -> list[SecretStr]:
+        from app.partner_webhooks.sealing import sealing_key
+
+        for position, key in enumerate(value, start=1):
+            try:
+                sealing_key(key.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"key {position} of {len(value)} {exc}") from None
         return value
 
     @field_validator("partner_webhook_urls")
@@ -481,6 +498,13 @@ class Settings(BaseSettings):
                     f"PARTNER_WEBHOOK_SECRETS secret {position} has a key shorter than "
                     f"{MIN_WEBHOOK_KEY_BYTES} bytes"
                 )
+        from app.partner_webhooks.sealing import DEV_SEALING_KEY
+
+        for position, key in enumerate(self.partner_webhook_sealing_keys, start=1):
+            if key.get_secret_value().strip() == DEV_SEALING_KEY:
+                problems.append(
+                    f"PARTNER_WEBHOOK_SEALING_KEYS key {position} is the development key"
+                )
         if not self.database_url:
             problems.append("DATABASE_URL must be set")
         client_secret = self.bakkt_client_secret.get_secret_value()
@@ -534,6 +558,7 @@ class Settings(BaseSettings):
         secrets = [
             *self.bakkt_webhook_secrets,
             *self.partner_webhook_secrets,
+            *self.partner_webhook_sealing_keys,
             self.bakkt_client_secret,
             self.webhook_static_token,
             self.auth_jwt_secret,

@@ -40,6 +40,7 @@ from app.partner_webhooks import repository as repo
 from app.partner_webhooks.models import DisabledReason, EndpointSource, EndpointStatus
 from app.partner_webhooks.repository import ClaimedLane, EndpointTarget, PendingDelivery
 from app.partner_webhooks.schedule import retry_delay
+from app.partner_webhooks.sealing import SealingError, keys_of, unseal
 from app.partner_webhooks.sender import Attempt, Outcome, Sender, redacted
 
 log = logging.getLogger("app.partner_webhooks")
@@ -119,6 +120,9 @@ class Dispatcher:
             if listen_url is not None
             else None
         )
+        self._sealing_keys = keys_of(settings)
+        # Opened once per endpoint and stored value, not once per lane.
+        self._opened: dict[tuple[uuid.UUID, tuple[str, ...]], tuple[list[bytes], str | None]] = {}
         self._settings_keys = [
             webhook_secret_key(s.get_secret_value()) for s in settings.partner_webhook_secrets
         ]
@@ -260,10 +264,30 @@ class Dispatcher:
             await session.rollback()
         return found
 
-    def _keys(self, target: EndpointTarget) -> list[bytes]:
-        if target.source == EndpointSource.ADMIN and target.secrets:
-            return [webhook_secret_key(s) for s in target.secrets]
-        return self._settings_keys
+    def _keys(self, target: EndpointTarget) -> tuple[list[bytes], str | None]:
+        """The signing keys, and why there are none (None: there are)."""
+        if not (target.source == EndpointSource.ADMIN and target.secrets):
+            if not self._settings_keys:
+                return [], "no signing secret configured"
+            return self._settings_keys, None
+        cache_key = (target.id, target.secrets)
+        found = self._opened.get(cache_key)
+        if found is None:
+            keys: list[bytes] = []
+            problem: str | None = None
+            for stored in target.secrets:
+                try:
+                    keys.append(webhook_secret_key(unseal(stored, target.id, self._sealing_keys)))
+                except SealingError as exc:
+                    problem = f"a signing secret cannot be opened: {exc}"
+                    log.error("webhook endpoint %s: %s", target.id, problem)
+            # Signing with only some of the secrets would fail receivers that hold the others:
+            # an unreadable secret stops the endpoint's deliveries until its key is back.
+            found = ([], problem) if problem is not None else (keys, None)
+            if len(self._opened) > 10_000:
+                self._opened.clear()
+            self._opened[cache_key] = found
+        return found
 
     async def _deliver_lane(
         self,
@@ -276,7 +300,7 @@ class Dispatcher:
         target = targets.get(lane.endpoint_id)
         if target is None:
             return result  # disabled since the claim; the lane waits for it
-        keys = self._keys(target)
+        keys, problem = self._keys(target)
         settings = self.settings
         # No send may start so late that it could still be in flight when the lease ends.
         stop_at = (
@@ -293,7 +317,7 @@ class Dispatcher:
                     target.url, keys, delivery.event_id, encode_event(delivery.event)
                 )
             else:
-                attempt = Attempt(Outcome.REFUSED, None, 0, "no signing secret configured")
+                attempt = Attempt(Outcome.REFUSED, None, 0, problem)
             self.metrics.inc(pm.ATTEMPTS, outcome=attempt.outcome)
             result.sent.append((delivery, attempt, clock.now()))
             if not attempt.delivered:

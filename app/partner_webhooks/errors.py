@@ -55,6 +55,11 @@ class RedeliveryTooLarge(Unprocessable):
     title = "The range holds too many events; page GET /v1/events instead"
 
 
+class SecretSealingUnavailable(Conflict):
+    code = "webhook_secret_sealing_unavailable"
+    title = "Own secrets cannot be stored: PARTNER_WEBHOOK_SEALING_KEYS is not set"
+
+
 class ManagedBySettings(Conflict):
     code = "webhook_endpoint_managed_by_settings"
     title = "This endpoint comes from PARTNER_WEBHOOK_URLS; change it there"

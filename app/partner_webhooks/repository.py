@@ -67,6 +67,7 @@ async def sync_settings_endpoints(
 async def add_endpoint(
     session: AsyncSession,
     *,
+    endpoint_id: uuid.UUID,
     url: str,
     description: str | None,
     event_types: list[str] | None,
@@ -74,7 +75,7 @@ async def add_endpoint(
 ) -> WebhookEndpoint:
     max_seq = (await session.execute(_MAX_SEQ)).scalar_one()
     endpoint = WebhookEndpoint(
-        id=uuid.uuid4(),
+        id=endpoint_id,
         url=url,
         source=EndpointSource.ADMIN,
         description=description,
@@ -87,6 +88,29 @@ async def add_endpoint(
     await session.flush()
     await session.refresh(endpoint)
     return endpoint
+
+
+_OWN_SECRETS = text(
+    """
+    SELECT id, secrets FROM partner_webhook_endpoints
+    WHERE source = 'admin' AND cardinality(secrets) > 0
+    ORDER BY id
+    FOR NO KEY UPDATE
+    """
+)
+_SET_SECRETS = text(
+    "UPDATE partner_webhook_endpoints SET secrets = :secrets, updated_at = now() WHERE id = :id"
+)
+
+
+async def lock_own_secrets(session: AsyncSession) -> list[tuple[uuid.UUID, list[str]]]:
+    """Every admin endpoint with secrets of its own, locked, with what is stored."""
+    rows = (await session.execute(_OWN_SECRETS)).all()
+    return [(r.id, list(r.secrets)) for r in rows]
+
+
+async def set_secrets(session: AsyncSession, endpoint_id: uuid.UUID, secrets: list[str]) -> None:
+    await session.execute(_SET_SECRETS, {"id": endpoint_id, "secrets": secrets})
 
 
 async def get_endpoint(

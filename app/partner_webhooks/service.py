@@ -23,6 +23,7 @@ from app.partner_webhooks.errors import (
     InvalidWebhookUrl,
     ManagedBySettings,
     RedeliveryTooLarge,
+    SecretSealingUnavailable,
     TargetNotAllowed,
     WebhookSecretRequired,
 )
@@ -32,6 +33,7 @@ from app.partner_webhooks.models import (
     EndpointStatus,
     WebhookEndpoint,
 )
+from app.partner_webhooks.sealing import SealingError, keys_of, seal, sealed_under, unseal
 from app.partner_webhooks.sender import guard_enabled
 from app.partner_webhooks.signing import fingerprint
 from app.partner_webhooks.targets import refused_literal, refused_name
@@ -55,7 +57,15 @@ class WebhookEndpointService:
 
     def _fingerprints(self, endpoint: WebhookEndpoint) -> list[str]:
         if endpoint.source == EndpointSource.ADMIN and endpoint.secrets:
-            return [fingerprint(s) for s in endpoint.secrets]
+            keys = keys_of(self.settings)
+            shown = []
+            for stored in endpoint.secrets:
+                try:
+                    shown.append(fingerprint(unseal(stored, endpoint.id, keys)))
+                except SealingError:
+                    # Listed all the same: the operator sees which endpoint needs its key back.
+                    shown.append("unreadable")
+            return shown
         return [fingerprint(s.get_secret_value()) for s in self.settings.partner_webhook_secrets]
 
     def _view(
@@ -81,6 +91,17 @@ class WebhookEndpointService:
                 "The URL names a private, loopback or link-local address; in production only "
                 "public targets are allowed unless PARTNER_WEBHOOK_ALLOW_PRIVATE_TARGETS is set."
             )
+
+    def _sealed(self, endpoint_id: uuid.UUID, secrets: list[str]) -> list[str]:
+        if not secrets:
+            return []
+        keys = keys_of(self.settings)
+        if not keys:
+            raise SecretSealingUnavailable(
+                "Set PARTNER_WEBHOOK_SEALING_KEYS to store an endpoint's own secrets, or omit "
+                "`secrets` to sign with PARTNER_WEBHOOK_SECRETS."
+            )
+        return [seal(s, endpoint_id, keys) for s in secrets]
 
     def _secrets(self, given: list[SecretStr] | None) -> list[str]:
         if not given:
@@ -113,9 +134,11 @@ class WebhookEndpointService:
         secrets: list[SecretStr] | None,
     ) -> EndpointView:
         self._check_url(url)
-        stored = self._secrets(secrets)
+        endpoint_id = uuid.uuid4()
+        stored = self._sealed(endpoint_id, self._secrets(secrets))
         endpoint = await repo.add_endpoint(
             self.session,
+            endpoint_id=endpoint_id,
             url=url,
             description=description,
             event_types=sorted(set(event_types)) if event_types is not None else None,
@@ -159,7 +182,7 @@ class WebhookEndpointService:
                     "A settings endpoint signs with PARTNER_WEBHOOK_SECRETS; rotate them there."
                 )
             try:
-                endpoint.secrets = self._secrets(secrets)
+                endpoint.secrets = self._sealed(endpoint.id, self._secrets(secrets))
             except Exception:
                 await self.session.rollback()
                 raise
@@ -261,3 +284,39 @@ class WebhookEndpointService:
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, (rows[-1].id if more and rows else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Resealed:
+    resealed: int  # secrets written again under the first key (plain or under an older key)
+    current: int  # already under the first key
+    unreadable: list[str]  # "endpoint id: why", for the secrets that could not be opened
+
+
+async def reseal_secrets(session: AsyncSession, settings: Settings) -> Resealed:
+    """Every admin endpoint's own secrets sealed under the first PARTNER_WEBHOOK_SEALING_KEYS
+    key, in one transaction: after a key is added in front (rotation), or for rows written
+    before sealing existed. A secret that cannot be opened is left as it is and reported."""
+    keys = keys_of(settings)
+    if not keys:
+        raise SecretSealingUnavailable("Set PARTNER_WEBHOOK_SEALING_KEYS first.")
+    first = keys[0].kid
+    resealed = current = 0
+    unreadable: list[str] = []
+    for endpoint_id, stored in await repo.lock_own_secrets(session):
+        out: list[str] = []
+        for value in stored:
+            if sealed_under(value) == first:
+                current += 1
+                out.append(value)
+                continue
+            try:
+                out.append(seal(unseal(value, endpoint_id, keys), endpoint_id, keys))
+                resealed += 1
+            except SealingError as exc:
+                unreadable.append(f"{endpoint_id}: {exc}")
+                out.append(value)
+        if out != stored:
+            await repo.set_secrets(session, endpoint_id, out)
+    await session.commit()
+    return Resealed(resealed, current, unreadable)

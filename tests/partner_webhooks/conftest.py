@@ -13,18 +13,22 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth.dev_token import mint_dev_token
 from app.config import Settings
 from app.core.metrics import Metrics
 from app.db import create_session_factory
+from app.main import create_app
 from app.partner_webhooks.dispatcher import Dispatcher
 
 SECRET_A = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ=="  # 32 bytes of "A"
@@ -195,3 +199,28 @@ async def db_now(sql: Execute) -> datetime:
     rows = await sql("SELECT clock_timestamp()")
     value: datetime = rows[0][0]
     return value
+
+
+Api = Callable[..., Any]
+
+
+@pytest.fixture
+def api(settings: Settings, engine: AsyncEngine, connection: AsyncConnection) -> Api:
+    """`async with api(**settings_update) as http`: the app over ASGI, inside the test's
+    rolled-back transaction, an admin token by default."""
+
+    @asynccontextmanager
+    async def build(**update: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(settings.model_copy(update=update), engine=engine)
+        async with app.router.lifespan_context(app):
+            app.state.session_factory = create_session_factory(connection)  # type: ignore[arg-type]
+            app.state.session_factory.configure(join_transaction_mode="create_savepoint")
+            token = mint_dev_token(settings, "backend", admin=True, ttl_seconds=600)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://test",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as http:
+                yield http
+
+    return build

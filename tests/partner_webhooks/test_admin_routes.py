@@ -4,55 +4,29 @@ delivery log."""
 
 from __future__ import annotations
 
+import base64
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from pydantic import SecretStr
 
 from app.auth.dev_token import mint_dev_token
 from app.config import AppEnv, Settings
-from app.db import create_session_factory
-from app.main import create_app
 from app.partner_webhooks.dispatcher import Dispatcher
+from app.partner_webhooks.sealing import keys_of, unseal
 from app.partner_webhooks.sender import Outcome, Sender
 from app.partner_webhooks.signing import fingerprint
 from tests.partner_webhooks.conftest import (
     SECRET_A,
     SECRET_B,
+    Api,
     Execute,
     Receiver,
     add_event,
     db_now,
 )
-
-Api = Callable[..., Any]
-
-
-@pytest.fixture
-def api(settings: Settings, engine: AsyncEngine, connection: AsyncConnection) -> Api:
-    """`async with api(**settings_update) as http`: the app over ASGI, inside the test's
-    rolled-back transaction, an admin token by default."""
-
-    @asynccontextmanager
-    async def build(**update: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(settings.model_copy(update=update), engine=engine)
-        async with app.router.lifespan_context(app):
-            app.state.session_factory = create_session_factory(connection)  # type: ignore[arg-type]
-            app.state.session_factory.configure(join_transaction_mode="create_savepoint")
-            token = mint_dev_token(settings, "backend", admin=True, ttl_seconds=600)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://test",
-                headers={"Authorization": f"Bearer {token}"},
-            ) as http:
-                yield http
-
-    return build
 
 
 def consumer(settings: Settings, party: str = "alice") -> dict[str, str]:
@@ -77,7 +51,7 @@ async def test_consumers_get_403_and_anonymous_callers_401(api: Api, settings: S
 
 
 async def test_an_endpoint_is_added_listed_changed_disabled_and_enabled_without_its_secrets(
-    api: Api, sql: Execute
+    api: Api, sql: Execute, settings: Settings
 ) -> None:
     async with api() as http:
         made = await http.post(
@@ -125,7 +99,11 @@ async def test_an_endpoint_is_added_listed_changed_disabled_and_enabled_without_
     stored = await sql(
         "SELECT secrets FROM partner_webhook_endpoints WHERE id = :id", {"id": uuid.UUID(endpoint)}
     )
-    assert stored[0][0] == [SECRET_A, SECRET_B]
+    # At rest they are sealed (app/partner_webhooks/sealing.py), each opening to its secret.
+    assert all(value.startswith("sealed:v1:") for value in stored[0][0])
+    assert not any(SECRET_A.removeprefix("whsec_") in value for value in stored[0][0])
+    keys = keys_of(settings)
+    assert [unseal(v, uuid.UUID(endpoint), keys) for v in stored[0][0]] == [SECRET_A, SECRET_B]
 
 
 @pytest.mark.parametrize(
@@ -187,7 +165,11 @@ async def test_unknown_endpoints_get_404_and_settings_endpoints_keep_their_secre
 
 
 async def test_production_refuses_private_targets_unless_allowed(api: Api) -> None:
-    production = {"app_env": AppEnv.PRODUCTION}
+    production = {
+        "app_env": AppEnv.PRODUCTION,
+        # Production seals own secrets under a key of its own (app/partner_webhooks/sealing.py).
+        "partner_webhook_sealing_keys": [SecretStr(base64.b64encode(b"k" * 32).decode())],
+    }
     async with api(**production) as http:
         for url in [
             "http://127.0.0.1:9000/h",
