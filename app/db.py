@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from fastapi import Request
@@ -85,9 +86,17 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     cover them. The session's identity map knows nothing of what they write, so run them where
     no ORM object of the same rows is used afterwards. The dialect's JSON and JSONB codecs
     are on the connection: a parameter is passed as JSON text (`json.dumps(...)`), a column is
-    read back already decoded."""
+    read back already decoded.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, just before its own first statement: a
+    statement sent here first would run in autocommit (committed on its own, its row locks
+    gone at once). So the adapter's transaction is started here, through the same call its
+    cursor makes (a no-op for a connection in AUTOCOMMIT, `outside_transaction`)."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    if getattr(adapted, "_transaction", None) is None:
+        await adapted._start_transaction()
     driver = raw.driver_connection
     if not isinstance(driver, asyncpg.Connection):  # pragma: no cover - the dialect is asyncpg
         raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
