@@ -15,7 +15,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from app.db import driver_connection
 from app.webhooks.models import EventStatus, WebhookEvent
 
 ORPHAN_WINDOW = timedelta(days=7)
@@ -84,20 +83,23 @@ _READ_STORED = select(
 ).where(_EVENTS.c.request_id == bindparam("request_id"))
 
 
-async def _driver_in_transaction(session: AsyncSession) -> asyncpg.Connection:
-    """`driver_connection`, with the session's transaction begun on the server first.
+async def driver_in_transaction(session: AsyncSession) -> asyncpg.Connection:
+    """`app.db.driver_connection`, with the session's transaction begun on the server first.
 
     SQLAlchemy's asyncpg adapter sends BEGIN lazily, just before its own first statement: a
     statement sent on the driver connection before any of SQLAlchemy's would run in autocommit,
     and the event's insert would be committed on its own, before its apply and unlocked. The
     adapter's `_start_transaction` is what its cursor calls for that BEGIN (a no-op for a
-    session in autocommit)."""
+    session in autocommit). The same lookup as `driver_connection`, done once."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
     if adapted._transaction is None:
         await adapted._start_transaction()
-    return await driver_connection(session)
+    driver = raw.driver_connection
+    if not isinstance(driver, asyncpg.Connection):  # pragma: no cover - the dialect is asyncpg
+        raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
+    return driver
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,7 @@ async def insert_or_read_event(
     A concurrent insert of the same requestId waits here until the first one commits (or rolls
     back), so at most one delivery of an event is ever InsertedEvent.
     """
-    connection = await _driver_in_transaction(session)
+    connection = await driver_in_transaction(session)
     row = await connection.fetchrow(
         _INSERT_OR_READ_SQL,
         request_id,
@@ -188,7 +190,7 @@ async def record_outcome(
     processed_at: datetime,
 ) -> None:
     """What applying the event came to, on its row."""
-    connection = await _driver_in_transaction(session)
+    connection = await driver_in_transaction(session)
     await connection.execute(
         _RECORD_OUTCOME_SQL,
         event_pk,
