@@ -50,7 +50,7 @@ _CLAIM_EVENT = (
 # The intake's one statement: insert the event, or (a redelivery) read the stored one's status
 # and whether its body is byte for byte the one sent. One row whatever happens. The stored row
 # is read from the statement's snapshot: one committed by a concurrent delivery after it began
-# is not seen, and both halves come back empty. Sent through the driver (`driver_connection`):
+# is not seen, and both halves come back empty. Sent through the driver (`driver_in_transaction`):
 # it runs on every delivery, and asyncpg's cached prepared statement costs a fraction of
 # SQLAlchemy's execute path for it (issue 11's profile: 11% of the intake's samples).
 _INSERT_OR_READ_SQL = """
