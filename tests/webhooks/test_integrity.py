@@ -296,3 +296,35 @@ async def test_a_nul_in_descriptive_text_does_not_block_the_event(
     body = _raw(_dep("e-1", "COMPLETE", 1), "reasonDescription", '"bank\\u0000\\ud800"')
     assert (await _post_raw(client, body, "e-1")).json()["status"] == "APPLIED"
     assert await _status(session) == "COMPLETED"
+
+
+async def test_a_new_event_is_invisible_to_others_until_its_apply_commits(
+    live_client: httpx.AsyncClient, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The intake's insert goes through the driver connection; it must still be inside the
+    # apply's transaction (held and uncommitted), not committed on its own before the apply.
+    request_id = f"unseen-{uuid.uuid4().hex[:8]}"
+    original = service._apply
+    seen_during_apply: list[int] = []
+
+    async def looking(*args: Any, **kwargs: Any) -> Any:
+        async with engine.connect() as other:
+            count = await other.execute(
+                select(WebhookEvent.id).where(WebhookEvent.request_id == request_id)
+            )
+            seen_during_apply.append(len(count.all()))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_apply", looking)
+    event = fiat(
+        request_id, party=f"p-{request_id}", ref=f"t-{request_id}", kind="ACH_DEPOSIT",
+        status="COMPLETE", amount="25.00", at=T0,
+    )  # fmt: skip
+    response = await deliver(live_client, event)
+    assert response.json()["status"] == "PARKED"
+    assert seen_during_apply == [0]
+    async with engine.connect() as other:
+        stored = await other.execute(
+            select(WebhookEvent.status).where(WebhookEvent.request_id == request_id)
+        )
+        assert stored.scalar_one() == "PARKED"
