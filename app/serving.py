@@ -229,6 +229,10 @@ class ServiceServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        # Known from the moment signals are ours, not only once started: a SIGTERM during the
+        # start-up (a second worker still importing) is logged from the loop all the same.
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         original = {sig: signal.signal(sig, self.handle_exit) for sig in _HANDLED_SIGNALS}
         try:
             yield
