@@ -44,6 +44,7 @@ from app.db import outside_transaction
 from app.errors import (
     AppError,
 )
+from app.events import service as events
 from app.funding import repository as repo
 from app.funding import schemas
 from app.funding.errors import (
@@ -74,6 +75,7 @@ from app.funding.models import (
     Party,
     PartyStatus,
     Transaction,
+    TransactionHistory,
     TransactionMethod,
     TransactionOrigin,
     TransactionStatus,
@@ -219,11 +221,14 @@ async def _check_limits(
     party_ref: str,
     direction: Direction,
     amount_cents: int,
+    usage: repo.LimitUsage | None = None,
 ) -> datetime:
     """Per transaction, per rolling 24 hours and per rolling 30 days, by direction. The
-    caller holds the party row lock, so the sums cannot change under it. Returns the
-    database's clock the windows were judged at: the new transaction's `created_at`."""
-    usage = await repo.limit_usage(session, party_ref, direction)
+    caller holds the party row lock, so the sums cannot change under it (`usage`, when the
+    caller read them already, read under that lock). Returns the database's clock the
+    windows were judged at: the new transaction's `created_at`."""
+    if usage is None:
+        usage = await repo.limit_usage(session, party_ref, direction)
     cfg = settings
 
     def pick(own: int | None, default: Decimal) -> int:
@@ -256,12 +261,16 @@ def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
 
 
 async def _usable_bank_account(
-    session: AsyncSession, party_ref: str, account_id: uuid.UUID | None, direction: Direction
+    session: AsyncSession,
+    party_ref: str,
+    account_id: uuid.UUID | None,
+    direction: Direction,
+    current: BankAccount | None,
 ) -> BankAccount:
-    """The party's current account, the one Bakkt's `/transfer` will use (it names none).
-    A request naming another one is refused rather than recorded against an account that
-    no money moves through."""
-    account = await repo.linked_bank_account(session, party_ref)
+    """The party's current account (`current`, read by the caller), the one Bakkt's
+    `/transfer` will use (it names none). A request naming another one is refused rather
+    than recorded against an account that no money moves through."""
+    account = current
     named = None
     if account_id is not None and (account is None or account.id != account_id):
         named = await repo.get_bank_account(session, party_ref, account_id)
@@ -392,12 +401,17 @@ async def _write_intent(
     ):
         raise _below_minimum(ACH_WITHDRAWAL_MINIMUM)
     account = None
+    usage = None
     if intent.method is TransactionMethod.ACH:
+        # The account and the limits' sums in one round trip, the account judged first.
+        usage, current = await repo.limit_usage_and_linked_account(
+            session, party_ref, intent.direction
+        )
         account = await _usable_bank_account(
-            session, party_ref, intent.bank_account_id, intent.direction
+            session, party_ref, intent.bank_account_id, intent.direction, current
         )
     amount_cents = to_cents(intent.amount)
-    now = await _check_limits(session, settings, party_ref, intent.direction, amount_cents)
+    now = await _check_limits(session, settings, party_ref, intent.direction, amount_cents, usage)
     txn_id = uuid.uuid4()
     wire = intent.wire
     # Every column, since the row is written by one statement, not by the session's flush.
@@ -431,12 +445,39 @@ async def _write_intent(
     )
     # The intent and the claim's pointer to it, one statement. Nothing written: another holder
     # of the claim (a live one believed gone) wrote its intent first.
-    if not await repo.insert_intent(session, txn, key_id=claimed.key_id):
+    record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
+    # Its history row and its one event, `transaction.created`.
+    taken = _take_recorded(session, txn, events_from=1)
+    creation = (taken[0], taken[1][0]) if taken is not None else None
+    if not await repo.insert_intent(session, txn, key_id=claimed.key_id, creation=creation):
         METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
         raise ClaimTaken()
-    record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
     await session.commit()
     return txn
+
+
+def _take_recorded(
+    session: AsyncSession, txn: Transaction, *, events_from: int = 0
+) -> tuple[TransactionHistory, list[dict[str, object]]] | None:
+    """The history row and the events `state` has just recorded for `txn`, taken off the
+    session, so that the statement writing `txn` writes them too (issue 11: the commit's flush
+    and outbox INSERT were two more round trips, and the flush the costliest step on the path).
+    None, and nothing taken, when the session holds anything else to write: then its commit
+    writes everything, as usual. The statements take one history row and `events_from` to
+    one event."""
+    sync = session.sync_session
+    pending = list(sync.new)
+    if (
+        not events_from <= events.queued_count(session) <= 1
+        or len(pending) != 1
+        or not isinstance(pending[0], TransactionHistory)
+        or pending[0].transaction_id != txn.id
+        or sync.deleted
+        or any(o is not txn for o in sync.dirty)
+    ):
+        return None
+    sync.expunge(pending[0])
+    return pending[0], events.take_queued(session)
 
 
 async def _submit(
@@ -533,9 +574,32 @@ async def _record_outcome(
                 await idempotency.forget(session, claimed)
                 await session.commit()
                 return rejected
-            return await _finish(session, claimed, rejected)
+            return await _finish_move(session, claimed, txn, rejected)
     log.info("transfer %s is %s", txn.id, txn.status)
-    return await _finish(session, claimed, Accepted(schemas.dump(transaction_out(txn))))
+    return await _finish_move(session, claimed, txn, Accepted(schemas.dump(transaction_out(txn))))
+
+
+async def _finish_move(
+    session: AsyncSession, claimed: KeyClaim, txn: Transaction, answer: Answer
+) -> Answer:
+    """`_finish` after `transition` moved (or only recorded a word for) the locked `txn`: the
+    row, its history, its event and the key's answer in one statement, then the commit."""
+    taken = _take_recorded(session, txn)
+    if taken is None:
+        return await _finish(session, claimed, answer)
+    history, rows = taken
+    finished = await repo.record_outcome(
+        session,
+        txn,
+        history,
+        rows[0] if rows else None,
+        idempotency.finish_params(claimed, answer),
+    )
+    # Written by that statement: the commit must not flush the row's changes a second time.
+    session.expunge(txn)
+    answer = await idempotency.answer_after_finish(session, claimed, answer, finished=finished)
+    await session.commit()
+    return answer
 
 
 # --- bank accounts --------------------------------------------------------------------------

@@ -248,6 +248,33 @@ async def set_intent(session: AsyncSession, key_id: int, transaction_id: uuid.UU
     return (await session.execute(stmt)).one_or_none() is not None
 
 
+# Storing the answer, for a statement that makes the change it answers for in the same round
+# trip (funding's `record_outcome`): a row comes out only when this claim stored its answer.
+# Parameters: key_id, response_kind, response_status, response_body.
+FINISH_CLAIM = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("key_id"), _KEYS.c.recovery_point != FINISHED)
+    .values(
+        recovery_point=FINISHED,
+        locked_until=None,
+        response_kind=bindparam("response_kind", type_=_KEYS.c.response_kind.type),
+        response_status=bindparam("response_status", type_=_KEYS.c.response_status.type),
+        response_body=bindparam("response_body", type_=_KEYS.c.response_body.type),
+    )
+    .returning(_KEYS.c.id)
+    .cte("finish_claim")
+)
+
+
+def finish_params(key_id: int, kind: str, body: Any, *, legacy_status: int) -> dict[str, Any]:
+    return {
+        "key_id": key_id,
+        "response_kind": kind,
+        "response_status": legacy_status,
+        "response_body": body,
+    }
+
+
 async def finish(
     session: AsyncSession, key_id: int, kind: str, body: Any, *, legacy_status: int
 ) -> bool:
