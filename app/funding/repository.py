@@ -21,7 +21,9 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Executable,
+    Select,
     Table,
+    and_,
     bindparam,
     column,
     delete,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     union,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -53,7 +56,7 @@ from app.funding.models import (
     TransactionOrigin,
     TransactionStatus,
 )
-from app.idempotency.repository import FINISH_CLAIM, INTENT_CLAIM
+from app.idempotency.repository import INTENT_CLAIM, finish_claim
 from app.webhooks.models import WebhookEvent
 
 # Transactions that never moved money do not count against a limit. Migration 0012's trigger,
@@ -864,20 +867,54 @@ OUTCOME_COLUMNS = (
     "next_check_at",
     "submit_attempts",
 )
-_MOVE = (
-    update(_TRANSACTIONS_TABLE)
-    .where(_TRANSACTIONS_TABLE.c.id == bindparam("m_id"))
-    .values({c: bindparam(f"m_{c}", type_=_TRANSACTIONS_TABLE.c[c].type) for c in OUTCOME_COLUMNS})
-    .returning(_TRANSACTIONS_TABLE.c.id)
-    .cte("move")
+_UNCHANGED = and_(
+    *(
+        _TRANSACTIONS_TABLE.c[name].is_not_distinct_from(
+            bindparam(f"g_{name}", type_=_TRANSACTIONS_TABLE.c[name].type)
+        )
+        for name in _INTENT_COLUMNS
+    )
 )
-_MOVE_HISTORY = _history_row(_MOVE, "mh_")
-_OUTCOME = select(func.count()).select_from(FINISH_CLAIM).add_cte(_MOVE, _MOVE_HISTORY)
-_OUTCOME_WITH_EVENT = (
-    select(func.count())
-    .select_from(FINISH_CLAIM)
-    .add_cte(_MOVE, _MOVE_HISTORY, events_repo.insert_event_cte("moved", after=_MOVE))
-)
+
+
+def _outcome(*, guarded: bool, with_event: bool) -> Select[Any]:
+    move = update(_TRANSACTIONS_TABLE).where(_TRANSACTIONS_TABLE.c.id == bindparam("m_id"))
+    if guarded:
+        move = move.where(_UNCHANGED)
+    moved = (
+        move.values(
+            {c: bindparam(f"m_{c}", type_=_TRANSACTIONS_TABLE.c[c].type) for c in OUTCOME_COLUMNS}
+        )
+        .returning(_TRANSACTIONS_TABLE.c.id)
+        .cte("move")
+    )
+    finished = finish_claim(after=moved if guarded else None)
+    written: list[CTE] = [_history_row(moved, "mh_")]
+    if with_event:
+        written.append(events_repo.insert_event_cte("moved", after=moved))
+    return select(
+        select(func.count()).select_from(moved).scalar_subquery(),
+        select(func.count()).select_from(finished).scalar_subquery(),
+    ).add_cte(*written)
+
+
+# Under the caller's row lock; and without one, applied only while the row is still exactly as
+# the caller saw it (`unchanged_from`): the UPDATE waits for a writer holding the row and then
+# re-checks that against the row it committed, so the move was judged on the row it applies to.
+_OUTCOMES = {
+    (guarded, with_event): _outcome(guarded=guarded, with_event=with_event)
+    for guarded in (False, True)
+    for with_event in (False, True)
+}
+
+
+def transaction_values(txn: Transaction) -> dict[str, object] | None:
+    """Every column of `txn` as the session holds it, for `record_outcome`'s `unchanged_from`;
+    None when one is not loaded."""
+    loaded = sa_inspect(txn).dict
+    if any(name not in loaded for name in _INTENT_COLUMNS):
+        return None
+    return {name: loaded[name] for name in _INTENT_COLUMNS}
 
 
 async def record_outcome(
@@ -886,17 +923,26 @@ async def record_outcome(
     history: TransactionHistory,
     event: dict[str, Any] | None,
     finish: dict[str, Any],
-) -> bool:
-    """Write what `state.transition` did to `txn` (locked by the caller): its columns, its
-    history row and its event (None when the move was only recorded), with the key's answer
-    (`finish`: idempotency's FINISH_CLAIM parameters). True when the key took the answer."""
+    *,
+    unchanged_from: dict[str, object] | None = None,
+) -> bool | None:
+    """Write what `state.transition` did to `txn`: its columns, its history row and its event
+    (None when the move was only recorded), with the key's answer (`finish`: idempotency's
+    `finish_params`). True when the key took the answer, False when another holder's was
+    there first. Without `unchanged_from` the caller holds the row lock; with it, nothing is
+    written, and None returned, unless the row is still exactly that."""
     params: dict[str, Any] = {f"m_{c}": getattr(txn, c) for c in OUTCOME_COLUMNS}
     params |= {"m_id": txn.id} | history_params(history, "mh_") | finish
-    statement = _OUTCOME
     if event is not None:
         params |= events_repo.event_params("moved", event)
-        statement = _OUTCOME_WITH_EVENT
-    return bool((await session.execute(statement, params)).scalar_one())
+    if unchanged_from is not None:
+        params |= {f"g_{name}": value for name, value in unchanged_from.items()}
+    statement = _OUTCOMES[(unchanged_from is not None, event is not None)]
+    row = (await session.execute(statement, params)).one()
+    moved, finished = row[0], row[1]
+    if not moved:
+        return None
+    return bool(finished)
 
 
 _GET_TRANSACTION = (

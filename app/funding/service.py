@@ -378,7 +378,8 @@ async def transfer(
         log.info("resuming transfer %s from a stale idempotency claim", txn.id)
     try:
         result = await _submit(bakkt, txn, intent.wire)
-        return await _record_outcome(session, claimed, txn.id, result, idem.path)
+        written = txn if claimed.transaction_id is None else None
+        return await _record_outcome(session, claimed, txn.id, result, idem.path, written)
     except Exception:
         await idempotency.end_lease_quietly(session, claimed)
         raise
@@ -434,6 +435,7 @@ async def _write_intent(
         wire_account_mask=wire.account_number.get_secret_value()[-4:] if wire else None,
         held_for_review=False,
         review_reason=None,
+        review_mismatch=None,
         status_event_time=None,
         submit_attempts=1,
         # Recovery leaves it alone while this request may still be talking to Bakkt.
@@ -521,10 +523,86 @@ async def _record_outcome(
     txn_id: uuid.UUID,
     result: _SubmitResult | None,
     instance: str,
+    written: Transaction | None = None,
 ) -> Answer:
+    """Record Bakkt's answer and the key's. `written`: the row as this request's intent wrote
+    it, when it did, to try recording it without the row lock first."""
+    if written is not None and result is not None and not claimed.resumed:
+        answer = await _record_outcome_unlocked(session, claimed, written, result, instance)
+        if answer is not None:
+            return answer
     txn = await repo.lock_transaction(session, txn_id)
     if txn is None:  # pragma: no cover - transactions are never deleted
         raise RuntimeError(f"transaction {txn_id} vanished")
+    answer, keep = _apply_outcome(session, claimed, txn, result, instance)
+    if not keep:
+        # Our set-up is at fault, not the request: nothing is stored, so the same key works
+        # again once an operator has fixed it.
+        await idempotency.forget(session, claimed)
+        await session.commit()
+        return answer
+    return await _finish_move(session, claimed, txn, answer)
+
+
+async def _record_outcome_unlocked(
+    session: AsyncSession,
+    claimed: KeyClaim,
+    txn: Transaction,
+    result: _SubmitResult,
+    instance: str,
+) -> Answer | None:
+    """The outcome of this request's own first call to Bakkt in one statement, with no
+    transaction around it (issue 11: BEGIN, the row lock and COMMIT were three of a deposit's
+    round trips). `transition` judges the move against the row as this request's intent wrote
+    it, and the statement applies it only while the row is still exactly that: nothing (a
+    webhook, recovery) has touched it since, and a writer holding it is waited for and its
+    commit re-checked. Else nothing is written and None returned: the caller takes the row
+    lock and judges again."""
+    seen = repo.transaction_values(txn)
+    if seen is None:
+        return None
+    # Before `transition`, whose session.add would begin a transaction.
+    await outside_transaction(session)
+    answer, keep = _apply_outcome(session, claimed, txn, result, instance)
+    taken = _take_recorded(session, txn) if keep else None
+    if taken is not None:
+        history, rows = taken
+        finished = await repo.record_outcome(
+            session,
+            txn,
+            history,
+            rows[0] if rows else None,
+            idempotency.finish_params(claimed, answer),
+            unchanged_from=seen,
+        )
+        if finished is not None:
+            # Written by that statement: nothing for the session to flush.
+            session.expunge(txn)
+            answer = await idempotency.answer_after_finish(
+                session, claimed, answer, finished=finished
+            )
+            await session.commit()
+            return answer
+    # Nothing written: drop what was recorded, so that the row is judged afresh under its lock.
+    events.take_queued(session)
+    sync = session.sync_session
+    for pending in list(sync.new):
+        if isinstance(pending, TransactionHistory):
+            sync.expunge(pending)
+    sync.expire(txn)
+    await session.rollback()
+    return None
+
+
+def _apply_outcome(
+    session: AsyncSession,
+    claimed: KeyClaim,
+    txn: Transaction,
+    result: _SubmitResult | None,
+    instance: str,
+) -> tuple[Answer, bool]:
+    """Move `txn` for Bakkt's answer (through `transition`) and say what the key answers, and
+    whether that answer is kept (False: the key is to be forgotten instead)."""
     now = utcnow()
     if result is not None and claimed.resumed:
         txn.submit_attempts += 1
@@ -568,15 +646,9 @@ async def _record_outcome(
             rejected = Rejected.of(
                 BAKKT_REJECTIONS[exc.code](detail, extra=extra), instance=instance
             )
-            if exc.http_status >= 500:
-                # Our set-up is at fault, not the request: nothing is stored, so the same
-                # key works again once an operator has fixed it.
-                await idempotency.forget(session, claimed)
-                await session.commit()
-                return rejected
-            return await _finish_move(session, claimed, txn, rejected)
+            return rejected, exc.http_status < 500
     log.info("transfer %s is %s", txn.id, txn.status)
-    return await _finish_move(session, claimed, txn, Accepted(schemas.dump(transaction_out(txn))))
+    return Accepted(schemas.dump(transaction_out(txn))), True
 
 
 async def _finish_move(
@@ -595,6 +667,8 @@ async def _finish_move(
         rows[0] if rows else None,
         idempotency.finish_params(claimed, answer),
     )
+    if finished is None:  # pragma: no cover - the row is locked, and never deleted
+        raise RuntimeError(f"transaction {txn.id} vanished under its lock")
     # Written by that statement: the commit must not flush the row's changes a second time.
     session.expunge(txn)
     answer = await idempotency.answer_after_finish(session, claimed, answer, finished=finished)
