@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, text
+from sqlalchemy import CTE, Connection, FromClause, Table, bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.events.models import Event
@@ -20,6 +20,24 @@ _INSERT = insert(EVENTS)
 def insert_events(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """Write queued events in the caller's transaction: one statement, one round trip."""
     connection.execute(_INSERT, rows)
+
+
+_EVENT_COLUMNS = ("id", "type", "version", "party_ref", "subject_id", "data")
+
+
+def insert_event_cte(name: str, *, after: FromClause | None = None) -> CTE:
+    """One event row as a CTE of another module's statement, so a change and its event are one
+    round trip (issue 11). Its parameters are `event_params(row)`'s; with `after`, the row is
+    written only when `after` yields one (the change it describes happened)."""
+    row = select(*(bindparam(f"{name}_{c}", type_=EVENTS.c[c].type) for c in _EVENT_COLUMNS))
+    if after is not None:
+        row = row.select_from(after)
+    return insert(EVENTS).from_select(_EVENT_COLUMNS, row).returning(EVENTS.c.local_id).cte(name)
+
+
+def event_params(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of `insert_event_cte(name)` for a queued row (`service.take_queued`)."""
+    return {f"{name}_{c}": row[c] for c in _EVENT_COLUMNS}
 
 
 # Serializes numbering across every process on the database (any constant no other lock uses:

@@ -207,11 +207,7 @@ def party_moved(
     )
 
 
-@sa_event.listens_for(Session, "before_commit")
-def _write_queued(session: Session) -> None:
-    queue: list[_Queued] | None = session.info.pop(_QUEUE, None)
-    if not queue:
-        return
+def _rows(session: Session, queue: list[_Queued]) -> list[dict[str, Any]]:
     rows = []
     for item in queue:
         rendered = item.rendered
@@ -226,6 +222,29 @@ def _write_queued(session: Session) -> None:
                 "data": data,
             }
         )
+    return rows
+
+
+def queued_count(session: AsyncSession) -> int:
+    """How many events wait in the session's queue for its commit."""
+    return len(session.sync_session.info.get(_QUEUE) or ())
+
+
+def take_queued(session: AsyncSession) -> list[dict[str, Any]]:
+    """The rows of the events queued so far, taken off the queue (the commit will not write
+    them): for a hot-path statement that writes them itself together with their change, in the
+    same database transaction, saving the commit's separate INSERT (issue 11)."""
+    sync = session.sync_session
+    queue: list[_Queued] | None = sync.info.pop(_QUEUE, None)
+    return _rows(sync, queue) if queue else []
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _write_queued(session: Session) -> None:
+    queue: list[_Queued] | None = session.info.pop(_QUEUE, None)
+    if not queue:
+        return
+    rows = _rows(session, queue)
     # Before the commit's final flush, in the same transaction as the changes: a failure here
     # fails the commit, and the changes go with it.
     repository.insert_events(session.connection(), rows)

@@ -13,12 +13,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
+    BigInteger,
     ColumnElement,
+    DateTime,
+    Executable,
+    Select,
     Table,
+    and_,
     bindparam,
+    column,
     delete,
     exists,
     func,
@@ -28,10 +35,12 @@ from sqlalchemy import (
     union,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
+from app.events import repository as events_repo
 from app.events import service as events
 from app.events.models import EventType
 from app.funding.models import (
@@ -47,7 +56,7 @@ from app.funding.models import (
     TransactionOrigin,
     TransactionStatus,
 )
-from app.idempotency.repository import INTENT_CLAIM
+from app.idempotency.repository import INTENT_CLAIM, finish_claim
 from app.webhooks.models import WebhookEvent
 
 # Transactions that never moved money do not count against a limit. Migration 0012's trigger,
@@ -182,11 +191,10 @@ class LimitUsage:
 # from `transactions` (its rows at or after the window's start), so the result is exact and the
 # work is bounded by the number of hours, not of transfers. The hour of a row is
 # date_trunc('hour', created_at, 'UTC') here and in the trigger alike.
-_LIMIT_USAGE = text(
-    """
+_LIMIT_USAGE_SQL = """
     SELECT clock.now, l.per_transaction_cents, l.per_day_cents, l.per_30_days_cents,
            hours.day + day_edge.cents AS used_day,
-           hours.month + month_edge.cents AS used_30_days
+           hours.month + month_edge.cents AS used_30_days{account_columns}
     FROM (SELECT clock_timestamp() AS now) AS clock
     CROSS JOIN LATERAL (
         SELECT clock.now - interval '24 hours' AS day_start,
@@ -214,9 +222,37 @@ _LIMIT_USAGE = text(
           AND t.status NOT IN :not_counted
           AND t.created_at >= w.month_start AND t.created_at < w.month_hour + interval '1 hour'
     ) AS month_edge
-    LEFT JOIN party_limits AS l ON l.party_ref = :party_ref AND l.direction = :direction
+    LEFT JOIN party_limits AS l ON l.party_ref = :party_ref AND l.direction = :direction{account}
     """
-).bindparams(bindparam("not_counted", expanding=True))
+_LIMIT_USAGE = text(_LIMIT_USAGE_SQL.format(account_columns="", account="")).bindparams(
+    bindparam("not_counted", expanding=True)
+)
+_BANK_ACCOUNTS = cast(Table, BankAccount.__table__)
+# The same, and the party's current account (`linked_bank_account`) in the same round trip: the
+# ACH money path needs both, read after the party lock (issue 11). Not in the lock's statement:
+# that statement's snapshot is older than the lock when it had to wait for it, and the sums
+# must include what the lock's previous holder committed.
+_LIMIT_USAGE_AND_ACCOUNT = (
+    text(
+        _LIMIT_USAGE_SQL.format(
+            account_columns="".join(f", b.{c.name} AS b_{c.name}" for c in _BANK_ACCOUNTS.columns),
+            account=(
+                "\n    LEFT JOIN bank_accounts AS b"
+                " ON b.party_ref = :party_ref AND b.status = 'LINKED'"
+            ),
+        )
+    )
+    .bindparams(bindparam("not_counted", expanding=True))
+    .columns(
+        column("now", DateTime(timezone=True)),
+        column("per_transaction_cents", BigInteger()),
+        column("per_day_cents", BigInteger()),
+        column("per_30_days_cents", BigInteger()),
+        column("used_day", BigInteger()),
+        column("used_30_days", BigInteger()),
+        *(column(f"b_{c.name}", c.type) for c in _BANK_ACCOUNTS.columns),
+    )
+)
 
 
 # An hour's total is read while the hour is inside the 30-day window; kept a day longer.
@@ -242,21 +278,38 @@ async def forget_limit_usage(session: AsyncSession, *, now: datetime, limit: int
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+_NOT_COUNTED = [str(s) for s in NOT_COUNTED]
+
+
+def _usage_params(party_ref: str, direction: str) -> dict[str, object]:
+    return {
+        "party_ref": party_ref,
+        "direction": direction,
+        "origin": str(TransactionOrigin.PARTNER),
+        "not_counted": _NOT_COUNTED,
+    }
+
+
 async def limit_usage(session: AsyncSession, party_ref: str, direction: str) -> LimitUsage:
     """For the limit check, under the party lock the caller holds (so the sums cannot change
     under it)."""
-    row = (
-        await session.execute(
-            _LIMIT_USAGE,
-            {
-                "party_ref": party_ref,
-                "direction": direction,
-                "origin": str(TransactionOrigin.PARTNER),
-                "not_counted": [str(s) for s in NOT_COUNTED],
-            },
-        )
-    ).one()
+    row = (await session.execute(_LIMIT_USAGE, _usage_params(party_ref, direction))).one()
     return LimitUsage(row[0], row[1], row[2], row[3], int(row[4]), int(row[5]))
+
+
+async def limit_usage_and_linked_account(
+    session: AsyncSession, party_ref: str, direction: str
+) -> tuple[LimitUsage, BankAccount | None]:
+    """`limit_usage` and `linked_bank_account` in one round trip. The account is a detached
+    copy of the row, not the session's: for reading only (the money path's checks)."""
+    params = _usage_params(party_ref, direction)
+    row = (await session.execute(_LIMIT_USAGE_AND_ACCOUNT, params)).one()
+    usage = LimitUsage(row[0], row[1], row[2], row[3], int(row[4]), int(row[5]))
+    values = row._mapping
+    if values["b_id"] is None:
+        return usage, None
+    account = BankAccount(**{c.name: values[f"b_{c.name}"] for c in _BANK_ACCOUNTS.columns})
+    return usage, account
 
 
 # --- bank accounts ----------------------------------------------------------------------------
@@ -713,37 +766,183 @@ async def supersede_linked(
 # --- transactions -----------------------------------------------------------------------------
 
 
-_INTENT_COLUMNS = [c.name for c in cast(Table, Transaction.__table__).columns]
+_TRANSACTIONS_TABLE = cast(Table, Transaction.__table__)
+_HISTORY = cast(Table, TransactionHistory.__table__)
+_INTENT_COLUMNS = [c.name for c in _TRANSACTIONS_TABLE.columns]
+# A history row's columns as `state` fills them (its id and recorded_at are the database's).
+HISTORY_COLUMNS = (
+    "from_status",
+    "to_status",
+    "source",
+    "event_id",
+    "reason_code",
+    "applied",
+    "note",
+    "event_time",
+    "actor",
+)
 # The consumer's transaction written as an intent and its idempotency claim pointed at it, in one
 # statement: the row is selected FROM the claim's update (idempotency's INTENT_CLAIM), so a claim
 # that another holder pointed at its own intent first writes nothing.
-_INSERT_INTENT = (
-    insert(cast(Table, Transaction.__table__))
+_INTENT_ROW = (
+    insert(_TRANSACTIONS_TABLE)
     .from_select(
         _INTENT_COLUMNS,
         select(
             *(
-                bindparam(f"t_{name}", type_=cast(Table, Transaction.__table__).c[name].type)
+                bindparam(f"t_{name}", type_=_TRANSACTIONS_TABLE.c[name].type)
                 for name in _INTENT_COLUMNS
             )
         ).select_from(INTENT_CLAIM),
     )
-    .returning(cast(Table, Transaction.__table__).c.id)
-    .add_cte(INTENT_CLAIM)
+    .returning(_TRANSACTIONS_TABLE.c.id)
+)
+_INSERT_INTENT = _INTENT_ROW.add_cte(INTENT_CLAIM)
+
+
+def _history_row(after: CTE, prefix: str) -> CTE:
+    """The history row of the change `after` made (its transaction's id from it), as a CTE:
+    written only when `after` yields a row. Parameters: `prefix` + each of HISTORY_COLUMNS."""
+    row = select(
+        after.c.id,
+        *(bindparam(f"{prefix}{c}", type_=_HISTORY.c[c].type) for c in HISTORY_COLUMNS),
+    ).select_from(after)
+    return (
+        insert(_HISTORY)
+        .from_select(["transaction_id", *HISTORY_COLUMNS], row)
+        .returning(_HISTORY.c.id)
+        .cte(f"{prefix}history")
+    )
+
+
+# The same, and the intent's first history row and its `transaction.created` event with it
+# (issue 11: three statements were one INSERT each, two of them the commit's flush and outbox).
+_INTENT_CTE = _INTENT_ROW.cte("intent")
+_INTENT_WITH_HISTORY = select(_INTENT_CTE.c.id).add_cte(
+    _history_row(_INTENT_CTE, "h_"),
+    events_repo.insert_event_cte("created", after=_INTENT_CTE),
 )
 
 
-async def insert_intent(session: AsyncSession, txn: Transaction, *, key_id: int) -> bool:
-    """Write `txn` (every column set, not yet in the session) and point claim `key_id` at it;
-    then `txn` is in the session as the persistent row it now is. False, and nothing written,
-    when the claim has an intent already."""
+def history_params(history: TransactionHistory, prefix: str = "h_") -> dict[str, object]:
+    return {f"{prefix}{c}": getattr(history, c) for c in HISTORY_COLUMNS}
+
+
+async def insert_intent(
+    session: AsyncSession,
+    txn: Transaction,
+    *,
+    key_id: int,
+    creation: tuple[TransactionHistory, dict[str, Any]] | None = None,
+) -> bool:
+    """Write `txn` (every column set, not yet in the session) and point claim `key_id` at it,
+    with `creation` (its first history row and its event, taken off the session) in the same
+    statement; then `txn` is in the session as the persistent row it now is. False, and
+    nothing written, when the claim has an intent already."""
     params: dict[str, object] = {f"t_{name}": getattr(txn, name) for name in _INTENT_COLUMNS}
     params |= {"key_id": key_id, "transaction_id": txn.id}
-    if (await session.execute(_INSERT_INTENT, params)).scalar_one_or_none() is None:
+    statement: Executable = _INSERT_INTENT
+    if creation is not None:
+        history, event = creation
+        params |= history_params(history) | events_repo.event_params("created", event)
+        statement = _INTENT_WITH_HISTORY
+    if (await session.execute(statement, params)).scalar_one_or_none() is None:
         return False
     make_transient_to_detached(txn)
     session.add(txn)
     return True
+
+
+# A move of the API's own (the outcome of its call to Bakkt) under the row lock the caller
+# holds: the row's changed columns, the history row, the event when the move applied, and the
+# idempotency key's stored answer, in one statement instead of the flush's UPDATE and INSERT,
+# the key's UPDATE and the outbox INSERT (issue 11). Its count is 1 when the key took our
+# answer, 0 when another holder of it had finished first.
+OUTCOME_COLUMNS = (
+    "status",
+    "updated_at",
+    "status_event_time",
+    "reason_code",
+    "reason_description",
+    "next_check_at",
+    "submit_attempts",
+)
+_UNCHANGED = and_(
+    *(
+        _TRANSACTIONS_TABLE.c[name].is_not_distinct_from(
+            bindparam(f"g_{name}", type_=_TRANSACTIONS_TABLE.c[name].type)
+        )
+        for name in _INTENT_COLUMNS
+    )
+)
+
+
+def _outcome(*, guarded: bool, with_event: bool) -> Select[Any]:
+    move = update(_TRANSACTIONS_TABLE).where(_TRANSACTIONS_TABLE.c.id == bindparam("m_id"))
+    if guarded:
+        move = move.where(_UNCHANGED)
+    moved = (
+        move.values(
+            {c: bindparam(f"m_{c}", type_=_TRANSACTIONS_TABLE.c[c].type) for c in OUTCOME_COLUMNS}
+        )
+        .returning(_TRANSACTIONS_TABLE.c.id)
+        .cte("move")
+    )
+    finished = finish_claim(after=moved if guarded else None)
+    written: list[CTE] = [_history_row(moved, "mh_")]
+    if with_event:
+        written.append(events_repo.insert_event_cte("moved", after=moved))
+    return select(
+        select(func.count()).select_from(moved).scalar_subquery(),
+        select(func.count()).select_from(finished).scalar_subquery(),
+    ).add_cte(*written)
+
+
+# Under the caller's row lock; and without one, applied only while the row is still exactly as
+# the caller saw it (`unchanged_from`): the UPDATE waits for a writer holding the row and then
+# re-checks that against the row it committed, so the move was judged on the row it applies to.
+_OUTCOMES = {
+    (guarded, with_event): _outcome(guarded=guarded, with_event=with_event)
+    for guarded in (False, True)
+    for with_event in (False, True)
+}
+
+
+def transaction_values(txn: Transaction) -> dict[str, object] | None:
+    """Every column of `txn` as the session holds it, for `record_outcome`'s `unchanged_from`;
+    None when one is not loaded."""
+    loaded = sa_inspect(txn).dict
+    if any(name not in loaded for name in _INTENT_COLUMNS):
+        return None
+    return {name: loaded[name] for name in _INTENT_COLUMNS}
+
+
+async def record_outcome(
+    session: AsyncSession,
+    txn: Transaction,
+    history: TransactionHistory,
+    event: dict[str, Any] | None,
+    finish: dict[str, Any],
+    *,
+    unchanged_from: dict[str, object] | None = None,
+) -> bool | None:
+    """Write what `state.transition` did to `txn`: its columns, its history row and its event
+    (None when the move was only recorded), with the key's answer (`finish`: idempotency's
+    `finish_params`). True when the key took the answer, False when another holder's was
+    there first. Without `unchanged_from` the caller holds the row lock; with it, nothing is
+    written, and None returned, unless the row is still exactly that."""
+    params: dict[str, Any] = {f"m_{c}": getattr(txn, c) for c in OUTCOME_COLUMNS}
+    params |= {"m_id": txn.id} | history_params(history, "mh_") | finish
+    if event is not None:
+        params |= events_repo.event_params("moved", event)
+    if unchanged_from is not None:
+        params |= {f"g_{name}": value for name, value in unchanged_from.items()}
+    statement = _OUTCOMES[(unchanged_from is not None, event is not None)]
+    row = (await session.execute(statement, params)).one()
+    moved, finished = row[0], row[1]
+    if not moved:
+        return None
+    return bool(finished)
 
 
 _GET_TRANSACTION = (

@@ -44,6 +44,7 @@ from app.db import outside_transaction
 from app.errors import (
     AppError,
 )
+from app.events import service as events
 from app.funding import repository as repo
 from app.funding import schemas
 from app.funding.errors import (
@@ -74,6 +75,7 @@ from app.funding.models import (
     Party,
     PartyStatus,
     Transaction,
+    TransactionHistory,
     TransactionMethod,
     TransactionOrigin,
     TransactionStatus,
@@ -219,11 +221,14 @@ async def _check_limits(
     party_ref: str,
     direction: Direction,
     amount_cents: int,
+    usage: repo.LimitUsage | None = None,
 ) -> datetime:
     """Per transaction, per rolling 24 hours and per rolling 30 days, by direction. The
-    caller holds the party row lock, so the sums cannot change under it. Returns the
-    database's clock the windows were judged at: the new transaction's `created_at`."""
-    usage = await repo.limit_usage(session, party_ref, direction)
+    caller holds the party row lock, so the sums cannot change under it (`usage`, when the
+    caller read them already, read under that lock). Returns the database's clock the
+    windows were judged at: the new transaction's `created_at`."""
+    if usage is None:
+        usage = await repo.limit_usage(session, party_ref, direction)
     cfg = settings
 
     def pick(own: int | None, default: Decimal) -> int:
@@ -256,12 +261,16 @@ def _limit_error(name: str, limit: int, available: int) -> LimitExceeded:
 
 
 async def _usable_bank_account(
-    session: AsyncSession, party_ref: str, account_id: uuid.UUID | None, direction: Direction
+    session: AsyncSession,
+    party_ref: str,
+    account_id: uuid.UUID | None,
+    direction: Direction,
+    current: BankAccount | None,
 ) -> BankAccount:
-    """The party's current account, the one Bakkt's `/transfer` will use (it names none).
-    A request naming another one is refused rather than recorded against an account that
-    no money moves through."""
-    account = await repo.linked_bank_account(session, party_ref)
+    """The party's current account (`current`, read by the caller), the one Bakkt's
+    `/transfer` will use (it names none). A request naming another one is refused rather
+    than recorded against an account that no money moves through."""
+    account = current
     named = None
     if account_id is not None and (account is None or account.id != account_id):
         named = await repo.get_bank_account(session, party_ref, account_id)
@@ -369,7 +378,8 @@ async def transfer(
         log.info("resuming transfer %s from a stale idempotency claim", txn.id)
     try:
         result = await _submit(bakkt, txn, intent.wire)
-        return await _record_outcome(session, claimed, txn.id, result, idem.path)
+        written = txn if claimed.transaction_id is None else None
+        return await _record_outcome(session, claimed, txn.id, result, idem.path, written)
     except Exception:
         await idempotency.end_lease_quietly(session, claimed)
         raise
@@ -392,12 +402,17 @@ async def _write_intent(
     ):
         raise _below_minimum(ACH_WITHDRAWAL_MINIMUM)
     account = None
+    usage = None
     if intent.method is TransactionMethod.ACH:
+        # The account and the limits' sums in one round trip, the account judged first.
+        usage, current = await repo.limit_usage_and_linked_account(
+            session, party_ref, intent.direction
+        )
         account = await _usable_bank_account(
-            session, party_ref, intent.bank_account_id, intent.direction
+            session, party_ref, intent.bank_account_id, intent.direction, current
         )
     amount_cents = to_cents(intent.amount)
-    now = await _check_limits(session, settings, party_ref, intent.direction, amount_cents)
+    now = await _check_limits(session, settings, party_ref, intent.direction, amount_cents, usage)
     txn_id = uuid.uuid4()
     wire = intent.wire
     # Every column, since the row is written by one statement, not by the session's flush.
@@ -420,6 +435,7 @@ async def _write_intent(
         wire_account_mask=wire.account_number.get_secret_value()[-4:] if wire else None,
         held_for_review=False,
         review_reason=None,
+        review_mismatch=None,
         status_event_time=None,
         submit_attempts=1,
         # Recovery leaves it alone while this request may still be talking to Bakkt.
@@ -431,12 +447,39 @@ async def _write_intent(
     )
     # The intent and the claim's pointer to it, one statement. Nothing written: another holder
     # of the claim (a live one believed gone) wrote its intent first.
-    if not await repo.insert_intent(session, txn, key_id=claimed.key_id):
+    record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
+    # Its history row and its one event, `transaction.created`.
+    taken = _take_recorded(session, txn, events_from=1)
+    creation = (taken[0], taken[1][0]) if taken is not None else None
+    if not await repo.insert_intent(session, txn, key_id=claimed.key_id, creation=creation):
         METRICS.idempotency_rejections.labels(IdempotencyRequestInProgress.code).inc()
         raise ClaimTaken()
-    record_creation(session, txn, source=HistorySource.API, note="requested by the consumer")
     await session.commit()
     return txn
+
+
+def _take_recorded(
+    session: AsyncSession, txn: Transaction, *, events_from: int = 0
+) -> tuple[TransactionHistory, list[dict[str, object]]] | None:
+    """The history row and the events `state` has just recorded for `txn`, taken off the
+    session, so that the statement writing `txn` writes them too (issue 11: the commit's flush
+    and outbox INSERT were two more round trips, and the flush the costliest step on the path).
+    None, and nothing taken, when the session holds anything else to write: then its commit
+    writes everything, as usual. The statements take one history row and `events_from` to
+    one event."""
+    sync = session.sync_session
+    pending = list(sync.new)
+    if (
+        not events_from <= events.queued_count(session) <= 1
+        or len(pending) != 1
+        or not isinstance(pending[0], TransactionHistory)
+        or pending[0].transaction_id != txn.id
+        or sync.deleted
+        or any(o is not txn for o in sync.dirty)
+    ):
+        return None
+    sync.expunge(pending[0])
+    return pending[0], events.take_queued(session)
 
 
 async def _submit(
@@ -480,10 +523,86 @@ async def _record_outcome(
     txn_id: uuid.UUID,
     result: _SubmitResult | None,
     instance: str,
+    written: Transaction | None = None,
 ) -> Answer:
+    """Record Bakkt's answer and the key's. `written`: the row as this request's intent wrote
+    it, when it did, to try recording it without the row lock first."""
+    if written is not None and result is not None and not claimed.resumed:
+        answer = await _record_outcome_unlocked(session, claimed, written, result, instance)
+        if answer is not None:
+            return answer
     txn = await repo.lock_transaction(session, txn_id)
     if txn is None:  # pragma: no cover - transactions are never deleted
         raise RuntimeError(f"transaction {txn_id} vanished")
+    answer, keep = _apply_outcome(session, claimed, txn, result, instance)
+    if not keep:
+        # Our set-up is at fault, not the request: nothing is stored, so the same key works
+        # again once an operator has fixed it.
+        await idempotency.forget(session, claimed)
+        await session.commit()
+        return answer
+    return await _finish_move(session, claimed, txn, answer)
+
+
+async def _record_outcome_unlocked(
+    session: AsyncSession,
+    claimed: KeyClaim,
+    txn: Transaction,
+    result: _SubmitResult,
+    instance: str,
+) -> Answer | None:
+    """The outcome of this request's own first call to Bakkt in one statement, with no
+    transaction around it (issue 11: BEGIN, the row lock and COMMIT were three of a deposit's
+    round trips). `transition` judges the move against the row as this request's intent wrote
+    it, and the statement applies it only while the row is still exactly that: nothing (a
+    webhook, recovery) has touched it since, and a writer holding it is waited for and its
+    commit re-checked. Else nothing is written and None returned: the caller takes the row
+    lock and judges again."""
+    seen = repo.transaction_values(txn)
+    if seen is None:
+        return None
+    # Before `transition`, whose session.add would begin a transaction.
+    await outside_transaction(session)
+    answer, keep = _apply_outcome(session, claimed, txn, result, instance)
+    taken = _take_recorded(session, txn) if keep else None
+    if taken is not None:
+        history, rows = taken
+        finished = await repo.record_outcome(
+            session,
+            txn,
+            history,
+            rows[0] if rows else None,
+            idempotency.finish_params(claimed, answer),
+            unchanged_from=seen,
+        )
+        if finished is not None:
+            # Written by that statement: nothing for the session to flush.
+            session.expunge(txn)
+            answer = await idempotency.answer_after_finish(
+                session, claimed, answer, finished=finished
+            )
+            await session.commit()
+            return answer
+    # Nothing written: drop what was recorded, so that the row is judged afresh under its lock.
+    events.take_queued(session)
+    sync = session.sync_session
+    for pending in list(sync.new):
+        if isinstance(pending, TransactionHistory):
+            sync.expunge(pending)
+    sync.expire(txn)
+    await session.rollback()
+    return None
+
+
+def _apply_outcome(
+    session: AsyncSession,
+    claimed: KeyClaim,
+    txn: Transaction,
+    result: _SubmitResult | None,
+    instance: str,
+) -> tuple[Answer, bool]:
+    """Move `txn` for Bakkt's answer (through `transition`) and say what the key answers, and
+    whether that answer is kept (False: the key is to be forgotten instead)."""
     now = utcnow()
     if result is not None and claimed.resumed:
         txn.submit_attempts += 1
@@ -527,15 +646,34 @@ async def _record_outcome(
             rejected = Rejected.of(
                 BAKKT_REJECTIONS[exc.code](detail, extra=extra), instance=instance
             )
-            if exc.http_status >= 500:
-                # Our set-up is at fault, not the request: nothing is stored, so the same
-                # key works again once an operator has fixed it.
-                await idempotency.forget(session, claimed)
-                await session.commit()
-                return rejected
-            return await _finish(session, claimed, rejected)
+            return rejected, exc.http_status < 500
     log.info("transfer %s is %s", txn.id, txn.status)
-    return await _finish(session, claimed, Accepted(schemas.dump(transaction_out(txn))))
+    return Accepted(schemas.dump(transaction_out(txn))), True
+
+
+async def _finish_move(
+    session: AsyncSession, claimed: KeyClaim, txn: Transaction, answer: Answer
+) -> Answer:
+    """`_finish` after `transition` moved (or only recorded a word for) the locked `txn`: the
+    row, its history, its event and the key's answer in one statement, then the commit."""
+    taken = _take_recorded(session, txn)
+    if taken is None:
+        return await _finish(session, claimed, answer)
+    history, rows = taken
+    finished = await repo.record_outcome(
+        session,
+        txn,
+        history,
+        rows[0] if rows else None,
+        idempotency.finish_params(claimed, answer),
+    )
+    if finished is None:  # pragma: no cover - the row is locked, and never deleted
+        raise RuntimeError(f"transaction {txn.id} vanished under its lock")
+    # Written by that statement: the commit must not flush the row's changes a second time.
+    session.expunge(txn)
+    answer = await idempotency.answer_after_finish(session, claimed, answer, finished=finished)
+    await session.commit()
+    return answer
 
 
 # --- bank accounts --------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
+    FromClause,
     Interval,
     Table,
     and_,
@@ -246,6 +248,38 @@ async def set_intent(session: AsyncSession, key_id: int, transaction_id: uuid.UU
         .returning(IdempotencyKey.id)
     )
     return (await session.execute(stmt)).one_or_none() is not None
+
+
+def finish_claim(*, after: FromClause | None = None) -> CTE:
+    """Storing the answer, for a statement that makes the change it answers for in the same
+    round trip (funding's `record_outcome`): a row comes out only when this claim stored its
+    answer; with `after`, only when `after` yields a row too (the change happened).
+    Parameters: `finish_params`."""
+    finished = update(_KEYS).where(
+        _KEYS.c.id == bindparam("key_id"), _KEYS.c.recovery_point != FINISHED
+    )
+    if after is not None:
+        finished = finished.where(select(literal(1)).select_from(after).exists())
+    return (
+        finished.values(
+            recovery_point=FINISHED,
+            locked_until=None,
+            response_kind=bindparam("response_kind", type_=_KEYS.c.response_kind.type),
+            response_status=bindparam("response_status", type_=_KEYS.c.response_status.type),
+            response_body=bindparam("response_body", type_=_KEYS.c.response_body.type),
+        )
+        .returning(_KEYS.c.id)
+        .cte("finish_claim")
+    )
+
+
+def finish_params(key_id: int, kind: str, body: Any, *, legacy_status: int) -> dict[str, Any]:
+    return {
+        "key_id": key_id,
+        "response_kind": kind,
+        "response_status": legacy_status,
+        "response_body": body,
+    }
 
 
 async def finish(

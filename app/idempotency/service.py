@@ -263,9 +263,27 @@ async def record_intent(
 async def finish(session: AsyncSession, claim_: KeyClaim, answer: Answer) -> Answer:
     """Store the answer (in the caller's transaction). Returns what the key now answers: ours,
     or the first one if another holder finished before us."""
-    if await repo.finish(
+    finished = await repo.finish(
         session, claim_.key_id, answer.kind, answer.body, legacy_status=legacy_status(answer)
-    ):
+    )
+    return await answer_after_finish(session, claim_, answer, finished=finished)
+
+
+def finish_params(claim_: KeyClaim, answer: Answer) -> dict[str, Any]:
+    """The parameters of `repository.FINISH_CLAIM`, for a statement that stores the answer
+    together with the change it answers for; then `answer_after_finish` says what the key
+    answers."""
+    return repo.finish_params(
+        claim_.key_id, answer.kind, answer.body, legacy_status=legacy_status(answer)
+    )
+
+
+async def answer_after_finish(
+    session: AsyncSession, claim_: KeyClaim, answer: Answer, *, finished: bool
+) -> Answer:
+    """What the key answers once `answer` was offered: ours when it was stored (`finished`),
+    else the first one another holder stored."""
+    if finished:
         return answer
     earlier = await repo.stored_answer(session, claim_.key_id)
     if earlier is None:
