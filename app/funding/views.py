@@ -64,7 +64,8 @@ def transaction_detail(rows: Sequence[Row[Any]]) -> schemas.TransactionDetail:
     )
 
 
-def bank_account_out(account: BankAccount) -> schemas.BankAccountOut:
+def bank_account_out(account: BankAccount | Row[Any]) -> schemas.BankAccountOut:
+    # Also from a row of the same columns (the list read's, by hand).
     return schemas.BankAccountOut(
         id=account.id,
         status=BankAccountStatus(account.status),
