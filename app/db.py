@@ -88,14 +88,18 @@ class FairQueue(QueueCommon[_T]):
     def get(self, block: bool = True, timeout: float | None = None) -> _T:
         if self._items or not block:
             return self.get_nowait()
-        waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         try:
-            return await_(self._wait(waiter, seconds=timeout))
+            return await_(self._wait(seconds=timeout))
         except TimeoutError:
             raise Empty from None
 
-    async def _wait(self, waiter: asyncio.Future[_T], *, seconds: float | None) -> _T:
+    async def _wait(self, *, seconds: float | None) -> _T:
+        # In line only once this runs: a wait that never started holds no place a returned
+        # connection could be handed to and lost.
+        if self._items:
+            return self.get_nowait()
+        waiter: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
             async with asyncio.timeout(seconds):
                 return await waiter
