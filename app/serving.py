@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import math
 import multiprocessing
@@ -243,6 +244,13 @@ class ServiceServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
+        # What start-up built (modules, the app, its routes and schemas, the ORM's mappers)
+        # lives as long as the process: frozen, the cyclic collector's full passes stop
+        # walking it. Measured by the lead over one benchmark run: 42 full collections of
+        # ~110 ms each (4.9 s, each a stall of every request in flight) became ~6-10 ms each
+        # (0.67 s in all).
+        gc.collect()
+        gc.freeze()
         if self.internal is not None and self.started and not self.should_exit:
             self._internal_task = asyncio.create_task(
                 self.internal.serve(self._internal_sockets), name="internal-listener"

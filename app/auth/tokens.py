@@ -27,6 +27,12 @@ JWKS_ALGORITHMS = frozenset({"RS256", "ES256"})
 SECRET_ALGORITHMS = frozenset({"HS256"})
 # Clock skew tolerated between the identity provider and this service.
 LEEWAY_SECONDS = 10
+# Tokens already verified, kept so that a client's next requests skip the signature check and
+# the claims parsing (a consumer app sends the same token for its whole session).
+VERIFIED_CACHE_SIZE = 4096
+# A verified token is re-verified after this long even if it is valid for longer: an identity
+# provider's key withdrawn from its JWKS stops being trusted here within the JWKS refresh.
+VERIFIED_MAX_AGE_SECONDS = 300.0
 
 
 class AuthenticationRequired(Unauthorized):
@@ -97,6 +103,9 @@ class JwksCache:
         self._min_interval = min_refresh_interval
         self._clock = clock
         self._keys: dict[str | None, jwt.PyJWK] = {}
+        # Bumped whenever the key set changes: tokens verified with an older set are verified
+        # again (TokenVerifier's cache).
+        self.generation = 0
         self._fetched_at = -math.inf
         self._lock = asyncio.Lock()
         self.fetches = 0
@@ -136,6 +145,7 @@ class JwksCache:
             if keep_old or self._keys:
                 return
             raise AuthKeysUnavailable(headers={"Retry-After": "5"}) from None
+        self.generation += 1
         self._keys = {
             k.key_id: k
             for k in keys
@@ -144,8 +154,32 @@ class JwksCache:
         self._fetched_at = self._clock()
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    # Wall-clock time (as `exp` is) after which the token is verified again.
+    until: float
+    generation: int
+
+
 class TokenVerifier:
-    def __init__(self, settings: Settings, *, fetch_jwks: FetchJwks = _fetch_jwks) -> None:
+    """Verifies a token once and remembers the answer for the same token string, until the
+    earliest of its own `exp` (without the leeway: never longer than it is valid),
+    VERIFIED_MAX_AGE_SECONDS, or a change of the JWKS key set.
+
+    Safe because the key is the whole token, signature included: only the very bytes that
+    passed verification are recognised, so a token changed in any way (claims, header,
+    signature) misses and is verified in full. Refused tokens are never kept, so invalid ones
+    cannot fill the cache; a valid one answers with the principal it was verified to, which
+    depends only on the token and the settings (fixed for the process)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fetch_jwks: FetchJwks = _fetch_jwks,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._issuer = settings.auth_issuer
         self._audience = settings.auth_audience
         self._party_claim = settings.auth_party_claim
@@ -156,23 +190,47 @@ class TokenVerifier:
         self._secret = settings.auth_jwt_secret
         if self._jwks is None and self._secret is None:
             raise ValueError("set AUTH_JWKS_URL or AUTH_JWT_SECRET")
+        self._clock = clock
+        self._verified: dict[str, _Verified] = {}
 
     @property
     def jwks(self) -> JwksCache | None:
         return self._jwks
 
     async def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        now = self._clock()
+        if known is not None:
+            current = self._jwks.generation if self._jwks is not None else 0
+            if now < known.until and known.generation == current:
+                return known.principal
+            del self._verified[token]
+        principal, exp, generation = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            # The oldest entry goes (dicts keep insertion order).
+            del self._verified[next(iter(self._verified))]
+        until = min(exp, now + VERIFIED_MAX_AGE_SECONDS)
+        if until > now:
+            self._verified[token] = _Verified(principal, until, generation)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float, int]:
+        """The full check: the principal, the token's `exp`, and the generation of the key
+        set its key came from."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise InvalidToken("The token is not a JWT.") from None
         alg = header.get("alg")
         key: Any
+        generation = 0
         if self._jwks is not None:
             if alg not in JWKS_ALGORITHMS:
                 raise InvalidToken("The token's algorithm is not accepted.")
             kid = header.get("kid")
             jwk = await self._jwks.key(kid if isinstance(kid, str) else None)
+            # Read with the key, before anything else can await (and refresh the set).
+            generation = self._jwks.generation
             if jwk.algorithm_name != alg:
                 raise InvalidToken("The token's algorithm does not match its key.")
             key = jwk.key
@@ -195,7 +253,9 @@ class TokenVerifier:
             raise TokenExpired("The token has expired; get a new one.") from None
         except jwt.PyJWTError as exc:
             raise InvalidToken(_reason(exc)) from None
-        return self._principal(claims)
+        principal = self._principal(claims)
+        # `require` makes jwt check that `exp` is there and a number.
+        return principal, float(claims["exp"]), generation
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         admin = self._admin_scope in _scopes(claims)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Executable,
+    Row,
     Select,
     Table,
     and_,
@@ -352,13 +353,18 @@ async def lock_bank_account_by_link_ref(session: AsyncSession, link_ref: str) ->
     return (await session.execute(statement)).scalar_one_or_none()
 
 
-async def list_bank_accounts(session: AsyncSession, party_ref: str) -> Sequence[BankAccount]:
-    stmt = (
-        select(BankAccount)
-        .where(BankAccount.party_ref == party_ref)
-        .order_by(BankAccount.created_at.desc(), BankAccount.id.desc())
-    )
-    return (await session.scalars(stmt)).all()
+# As the driver's SQL, for the reason of _TRANSACTION_WITH_HISTORY below: the columns of the
+# consumer's view (views.bank_account_out), newest first.
+_BANK_ACCOUNTS_SQL = (
+    "SELECT id, status, link_method, bank_name, account_mask, account_type, reason_code, "
+    "needs_review, created_at, updated_at FROM bank_accounts WHERE party_ref = $1 "
+    "ORDER BY created_at DESC, id DESC"
+)
+
+
+async def list_bank_accounts(session: AsyncSession, party_ref: str) -> Sequence[Row[Any]]:
+    connection = await session.connection()
+    return (await connection.exec_driver_sql(_BANK_ACCOUNTS_SQL, (party_ref,))).all()
 
 
 _NEWEST_BANK_ACCOUNT = (
@@ -1064,25 +1070,32 @@ async def list_transactions(
     return (await session.scalars(stmt)).all()
 
 
+# By hand, run as the driver's SQL: the ORM's statement execution and its loading of two
+# entities per row cost several times the round trip of this, the most frequent read (the
+# detail poll). The columns are what the consumer's view shows (views.transaction_detail).
 _TRANSACTION_WITH_HISTORY = (
-    select(Transaction, TransactionHistory)
-    .outerjoin(TransactionHistory, TransactionHistory.transaction_id == Transaction.id)
-    .where(Transaction.id == bindparam("id"), Transaction.party_ref == bindparam("party_ref"))
-    .order_by(TransactionHistory.recorded_at, TransactionHistory.id)
-    .execution_options(populate_existing=True)
+    "SELECT t.id, t.type, t.method, t.status, t.amount_cents, t.currency, t.reason_code, "
+    "t.created_at, t.updated_at, h.from_status AS h_from_status, h.to_status AS h_to_status, "
+    "h.source AS h_source, h.reason_code AS h_reason_code, h.event_id AS h_event_id, "
+    "h.applied AS h_applied, h.recorded_at AS h_recorded_at "
+    "FROM transactions AS t LEFT OUTER JOIN transaction_history AS h "
+    "ON h.transaction_id = t.id "
+    "WHERE t.id = $1 AND t.party_ref = $2 "
+    "ORDER BY h.recorded_at, h.id"
 )
 
 
 async def transaction_with_history(
     session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
-) -> tuple[Transaction, list[TransactionHistory]] | None:
+) -> Sequence[Row[Any]]:
     """One of the party's transactions and its history, oldest first, in one statement (so
-    one snapshot: the history explains the status shown)."""
-    params = {"id": transaction_id, "party_ref": party_ref}
-    rows = (await session.execute(_TRANSACTION_WITH_HISTORY, params)).all()
-    if not rows:
-        return None
-    return rows[0][0], [h for _, h in rows if h is not None]
+    one snapshot: the history explains the status shown): a row per history entry (its
+    columns `h_*`, all null for a transaction without history), none for an unknown id."""
+    connection = await session.connection()
+    result = await connection.exec_driver_sql(
+        _TRANSACTION_WITH_HISTORY, (transaction_id, party_ref)
+    )
+    return result.all()
 
 
 async def history(session: AsyncSession, transaction_id: uuid.UUID) -> Sequence[TransactionHistory]:

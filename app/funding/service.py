@@ -84,7 +84,7 @@ from app.funding.models import (
 from app.funding.party_status import reason_fields
 from app.funding.state import record_creation, transition
 from app.funding.transfer import transfer_request
-from app.funding.views import bank_account_out, party_out, transaction_out
+from app.funding.views import bank_account_out, party_out, transaction_detail, transaction_out
 from app.idempotency import service as idempotency
 from app.idempotency.answers import Accepted, Answer, Created, Done, InProgress, Rejected, Result
 from app.idempotency.service import (
@@ -1004,25 +1004,10 @@ async def get_transaction(
     session: AsyncSession, party_ref: str, transaction_id: uuid.UUID
 ) -> schemas.TransactionDetail:
     await outside_transaction(session)
-    found = await repo.transaction_with_history(session, party_ref, transaction_id)
-    if found is None:
+    rows = await repo.transaction_with_history(session, party_ref, transaction_id)
+    if not rows:
         raise TransactionNotFound("No transaction with this id.")
-    txn, entries = found
-    return schemas.TransactionDetail(
-        **transaction_out(txn).model_dump(),
-        history=[
-            schemas.HistoryEntryOut(
-                from_status=TransactionStatus(h.from_status) if h.from_status else None,
-                to=TransactionStatus(h.to_status),
-                source=HistorySource(h.source),
-                reason_code=h.reason_code,
-                event_id=h.event_id,
-                applied=h.applied,
-                at=h.recorded_at,
-            )
-            for h in entries
-        ],
-    )
+    return transaction_detail(rows)
 
 
 async def balance(bakkt: BakktClient, party_ref: str) -> schemas.BalanceOut:

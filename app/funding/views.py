@@ -3,11 +3,17 @@ stored idempotent answers and the events (`app.events`) all render with, so they
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row
+
 from app.core.money import format_dollars
 from app.funding import schemas
 from app.funding.models import (
     BankAccount,
     BankAccountStatus,
+    HistorySource,
     Party,
     PartyStatus,
     Transaction,
@@ -18,21 +24,48 @@ from app.funding.models import (
 from app.funding.party_status import REASONS, allowed
 
 
+def _transaction_fields(txn: Transaction | Row[Any]) -> dict[str, Any]:
+    # A row of the same columns (the detail read's, by hand) renders exactly as the entity.
+    return {
+        "id": txn.id,
+        "type": TransactionType(txn.type),
+        "method": TransactionMethod(txn.method) if txn.method else None,
+        "status": TransactionStatus(txn.status),
+        "amount": format_dollars(txn.amount_cents),
+        "currency": txn.currency,
+        "reason_code": txn.reason_code,
+        "created_at": txn.created_at,
+        "updated_at": txn.updated_at,
+    }
+
+
 def transaction_out(txn: Transaction) -> schemas.TransactionOut:
-    return schemas.TransactionOut(
-        id=txn.id,
-        type=TransactionType(txn.type),
-        method=TransactionMethod(txn.method) if txn.method else None,
-        status=TransactionStatus(txn.status),
-        amount=format_dollars(txn.amount_cents),
-        currency=txn.currency,
-        reason_code=txn.reason_code,
-        created_at=txn.created_at,
-        updated_at=txn.updated_at,
+    return schemas.TransactionOut(**_transaction_fields(txn))
+
+
+def transaction_detail(rows: Sequence[Row[Any]]) -> schemas.TransactionDetail:
+    """From `repository.transaction_with_history`'s rows: the transaction (on each row) and a
+    history entry per row, if it has any."""
+    return schemas.TransactionDetail(
+        **_transaction_fields(rows[0]),
+        history=[
+            schemas.HistoryEntryOut(
+                from_status=TransactionStatus(h.h_from_status) if h.h_from_status else None,
+                to=TransactionStatus(h.h_to_status),
+                source=HistorySource(h.h_source),
+                reason_code=h.h_reason_code,
+                event_id=h.h_event_id,
+                applied=h.h_applied,
+                at=h.h_recorded_at,
+            )
+            for h in rows
+            if h.h_to_status is not None
+        ],
     )
 
 
-def bank_account_out(account: BankAccount) -> schemas.BankAccountOut:
+def bank_account_out(account: BankAccount | Row[Any]) -> schemas.BankAccountOut:
+    # Also from a row of the same columns (the list read's, by hand).
     return schemas.BankAccountOut(
         id=account.id,
         status=BankAccountStatus(account.status),
