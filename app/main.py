@@ -40,6 +40,7 @@ from app.events.router import router as events_router
 from app.funding.router import router as funding_router
 from app.health.router import router as health_router
 from app.partner_webhooks.router import router as partner_webhooks_router
+from app.partner_webhooks.service import register_settings_endpoints
 from app.processes.service import ProcessHeartbeat
 from app.recovery.router import router as recovery_router
 from app.recovery.worker import Workers
@@ -81,6 +82,8 @@ def create_app(
             stack.callback(worker_exited)
             app.state.engine = app_engine
             app.state.session_factory = create_session_factory(app_engine)
+            # Before the first request, so none of this process's events predates its endpoints.
+            await register_settings_endpoints(app.state.session_factory, settings)
             if bakkt is None:
                 app.state.bakkt = await stack.enter_async_context(
                     BakktClient(

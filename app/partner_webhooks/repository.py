@@ -51,17 +51,22 @@ _RETIRE_SETTINGS = text(
 
 
 async def sync_settings_endpoints(
-    session: AsyncSession, endpoints: Sequence[tuple[uuid.UUID, str]], now: datetime
+    session: AsyncSession,
+    endpoints: Sequence[tuple[uuid.UUID, str]],
+    now: datetime,
+    *,
+    retire: bool = True,
 ) -> None:
     """Settings endpoints as rows: new ones start after the newest event (history is what
-    `GET /v1/events` is for); one no longer in the settings is disabled, and enabled again
-    (where it stopped) if it comes back."""
+    `GET /v1/events` is for); with `retire`, one no longer in the settings is disabled, and
+    enabled again (where it stopped) if it comes back."""
     ids = [e[0] for e in endpoints]
     if endpoints:
         await session.execute(
             _UPSERT_SETTINGS, {"ids": ids, "urls": [e[1] for e in endpoints], "now": now}
         )
-    await session.execute(_RETIRE_SETTINGS, {"ids": ids, "now": now})
+    if retire:
+        await session.execute(_RETIRE_SETTINGS, {"ids": ids, "now": now})
 
 
 async def add_endpoint(

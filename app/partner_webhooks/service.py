@@ -3,17 +3,19 @@ transaction boundaries; SQL in the repository."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import MIN_WEBHOOK_KEY_BYTES, Settings, webhook_secret_key, webhook_url_problem
 from app.core.clock import db_now
 from app.partner_webhooks import repository as repo
+from app.partner_webhooks.dispatcher import settings_endpoint_id
 from app.partner_webhooks.errors import (
     EndpointNotFound,
     EventFiltered,
@@ -37,6 +39,8 @@ from app.partner_webhooks.sealing import SealingError, keys_of, seal, sealed_und
 from app.partner_webhooks.sender import guard_enabled
 from app.partner_webhooks.signing import fingerprint
 from app.partner_webhooks.targets import refused_literal, refused_name
+
+log = logging.getLogger("app.partner_webhooks")
 
 # One redelivery request queues at most this many events; more is a catch-up, which
 # `GET /v1/events` pages without filling the delivery tables.
@@ -320,3 +324,31 @@ async def reseal_secrets(session: AsyncSession, settings: Settings) -> Resealed:
             await repo.set_secrets(session, endpoint_id, out)
     await session.commit()
     return Resealed(resealed, current, unreadable)
+
+
+async def register_settings_endpoints(
+    factory: async_sessionmaker[AsyncSession], settings: Settings
+) -> bool:
+    """At start-up, before the first request: PARTNER_WEBHOOK_URLS as rows, so that a new one
+    starts after the newest event written *before* this process serves, and every event the
+    process writes is delivered to it. Left to the dispatcher's first cycle (which would begin
+    after whatever was written meanwhile) it would miss the events of the first requests of a
+    busy start. Retiring endpoints no longer configured stays with that cycle. False (logged)
+    when the database did not take it; the dispatcher's first cycle registers them then."""
+    endpoints = [(settings_endpoint_id(u), u) for u in settings.partner_webhook_urls]
+    if not endpoints:
+        return True
+    try:
+        async with factory() as session:
+            await repo.sync_settings_endpoints(
+                session, endpoints, await db_now(session), retire=False
+            )
+            await session.commit()
+    except Exception as exc:
+        log.warning(
+            "PARTNER_WEBHOOK_URLS not registered at start-up (%s); the delivery job will, and "
+            "events written before it does are not sent to a new endpoint",
+            type(exc).__name__,
+        )
+        return False
+    return True
