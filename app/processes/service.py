@@ -19,6 +19,7 @@ import os
 import socket
 import uuid
 
+from opentelemetry import context
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -71,6 +72,15 @@ class ProcessHeartbeat:
 
     async def beat(self) -> bool:
         """One renewal; False (logged once per outage) when the database did not take it."""
+        # Not traced (like the /metrics scrape): with tracing on, every renewal would be a
+        # trace of its own every PROCESS_HEARTBEAT_INTERVAL per process.
+        token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            return await self._beat()
+        finally:
+            context.detach(token)
+
+    async def _beat(self) -> bool:
         try:
             async with self._factory() as session:
                 await repo.beat(
