@@ -238,6 +238,11 @@ class Settings(BaseSettings):
 
     # SIGTERM: requests in flight get this long to finish, then they are cancelled.
     shutdown_timeout: float = Field(default=40.0, gt=0)
+    # How long an idle keep-alive connection is kept open. Longer than the idle timeout of
+    # whatever sits in front (AWS ALB 60 s, GCP 600 s: set it above that one): the side that
+    # closes an idle connection first races a request being sent on it, and the client (or the
+    # balancer, as a 502) gets a reset instead of an answer. uvicorn's own default is 5 s.
+    http_keep_alive_timeout: float = Field(default=75.0, gt=0)
 
     # Each process renews a heartbeat row this often; a consumer's idempotency claim whose
     # holding process has not renewed for `process_stale_after` seconds is taken over by the next

@@ -166,6 +166,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         ),
         # uvicorn reads FORWARDED_ALLOW_IPS from the environment by itself and otherwise trusts
         # 127.0.0.1; both are replaced by the setting, and an empty one turns the headers off.
+        "timeout_keep_alive": settings.http_keep_alive_timeout,
         "proxy_headers": bool(settings.forwarded_allow_ips),
         "forwarded_allow_ips": list(settings.forwarded_allow_ips) or [],
         # The service writes its own access line (route template, status, duration, request
