@@ -2,8 +2,10 @@
 
 Every statement is one (its prepared form is cached per connection after the first use, so a
 test warms the path up first), and so is every BEGIN, COMMIT, ROLLBACK and SAVEPOINT that
-reaches the server (a session in autocommit sends none). The side engines of the app (the
-heartbeat's, which names itself) are left out, so a test can count one request exactly.
+reaches the server (a session in autocommit sends none). Statements sent on the asyncpg
+connection directly (`app.db.driver_connection`), which SQLAlchemy's cursor never sees, are
+counted too. The side engines of the app (the heartbeat's, which names itself) are left out, so
+a test can count one request exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 
@@ -21,9 +24,17 @@ from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 _SIDE_ENGINES = ("fiat-onramp-heartbeat",)
 
 
-def _counted(adapted: Any) -> bool:
-    settings = adapted._connection.get_settings()
+# Sent by asyncpg on behalf of SQLAlchemy's adapter (its transactions), counted there already.
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def _counted_driver(connection: asyncpg.Connection) -> bool:
+    settings = connection.get_settings()
     return getattr(settings, "application_name", "") not in _SIDE_ENGINES
+
+
+def _counted(adapted: Any) -> bool:
+    return _counted_driver(adapted._connection)
 
 
 @dataclass
@@ -88,4 +99,22 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
     monkeypatch.setattr(connection, "rollback", counting_rollback)
     monkeypatch.setattr(cursor, "_prepare_and_execute", counting_execute)
     monkeypatch.setattr(cursor, "_executemany", counting_executemany)
+
+    driver = asyncpg.connection.Connection
+
+    def count_driver(name: str) -> None:
+        original = getattr(driver, name)
+
+        async def counted(
+            self: asyncpg.Connection, query: str, *args: object, **kw: object
+        ) -> object:
+            verb = query.split(None, 1)[0].upper().rstrip(";")
+            if verb and verb not in _TRANSACTION_CONTROL and _counted_driver(self):
+                trips.note(verb)
+            return await original(self, query, *args, **kw)
+
+        monkeypatch.setattr(driver, name, counted)
+
+    for name in ("execute", "fetch", "fetchrow", "fetchval"):
+        count_driver(name)
     return trips

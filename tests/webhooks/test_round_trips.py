@@ -7,9 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-import asyncpg
 import httpx
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,33 +15,6 @@ from tests.round_trips import RoundTrips, round_trips
 from tests.webhooks.events import T0, deliver, fiat
 
 __all__ = ["round_trips"]
-
-_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
-
-
-@pytest.fixture
-def driver_trips(round_trips: RoundTrips, monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
-    """`round_trips`, counting also the statements sent on the asyncpg connection directly
-    (`app.db.driver_connection`), which SQLAlchemy's cursor never sees. asyncpg's own BEGIN,
-    COMMIT and ROLLBACK (SQLAlchemy's, counted already) are left out."""
-    connection = asyncpg.connection.Connection
-
-    def counting(name: str) -> None:
-        original = getattr(connection, name)
-
-        async def counted(
-            self: asyncpg.Connection, query: str, *args: object, **kw: object
-        ) -> object:
-            verb = query.split(None, 1)[0].upper().rstrip(";")
-            if verb not in _TRANSACTION_CONTROL:
-                round_trips.note(verb)
-            return await original(self, query, *args, **kw)
-
-        monkeypatch.setattr(connection, name, counted)
-
-    for name in ("execute", "fetch", "fetchrow", "fetchval"):
-        counting(name)
-    return round_trips
 
 
 async def _transfer(engine: AsyncEngine, party: str, ref: str) -> None:
@@ -62,9 +33,8 @@ async def _transfer(engine: AsyncEngine, party: str, ref: str) -> None:
 
 
 async def test_a_new_event_is_eight_round_trips_and_a_redelivery_three(
-    live_client: httpx.AsyncClient, engine: AsyncEngine, driver_trips: RoundTrips
+    live_client: httpx.AsyncClient, engine: AsyncEngine, round_trips: RoundTrips
 ) -> None:
-    round_trips = driver_trips
     ns = uuid.uuid4().hex[:8]
     party, ref = f"rt-{ns}", f"rt-ref-{ns}"
     await _transfer(engine, party, ref)
