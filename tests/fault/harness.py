@@ -337,6 +337,9 @@ class RoundRobinProxy:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.connections: Counter[int] = Counter()
+        # When each connection that a replica took was begun: what was begun before a kill may
+        # complete (the kernel had accepted it) after the kill returned.
+        self.begun: dict[int, list[float]] = {port: [] for port in self.backends}
         self.refused: Counter[int] = Counter()
         self.unserved = 0
         self._next = 0
@@ -381,6 +384,7 @@ class RoundRobinProxy:
         now = time.monotonic()
         order.sort(key=lambda port: self._down_until.get(port, 0.0) > now)
         for port in order:
+            begun = time.monotonic()
             try:
                 found = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
@@ -388,8 +392,13 @@ class RoundRobinProxy:
                 self._down_until[port] = time.monotonic() + self.down_for
                 continue
             self.connections[port] += 1
+            self.begun[port].append(begun)
             return found
         return None
+
+    def taken_between(self, start: float, end: float) -> dict[int, int]:
+        """Connections each replica took that were begun after `start` and by `end`."""
+        return {p: sum(1 for t in self.begun[p] if start < t <= end) for p in self.backends}
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
