@@ -566,23 +566,9 @@ async def _record_outcome_unlocked(
     answer, keep = _apply_outcome(session, claimed, txn, result, instance)
     taken = _take_recorded(session, txn) if keep else None
     if taken is not None:
-        history, rows = taken
-        finished = await repo.record_outcome(
-            session,
-            txn,
-            history,
-            rows[0] if rows else None,
-            idempotency.finish_params(claimed, answer),
-            unchanged_from=seen,
-        )
-        if finished is not None:
-            # Written by that statement: nothing for the session to flush.
-            session.expunge(txn)
-            answer = await idempotency.answer_after_finish(
-                session, claimed, answer, finished=finished
-            )
-            await session.commit()
-            return answer
+        written = await _write_outcome(session, claimed, txn, taken, answer, unchanged_from=seen)
+        if written is not None:
+            return written
     # Nothing written: drop what was recorded, so that the row is judged afresh under its lock.
     events.take_queued(session)
     sync = session.sync_session
@@ -659,6 +645,23 @@ async def _finish_move(
     taken = _take_recorded(session, txn)
     if taken is None:
         return await _finish(session, claimed, answer)
+    written = await _write_outcome(session, claimed, txn, taken, answer)
+    if written is None:  # pragma: no cover - the row is locked, and never deleted
+        raise RuntimeError(f"transaction {txn.id} vanished under its lock")
+    return written
+
+
+async def _write_outcome(
+    session: AsyncSession,
+    claimed: KeyClaim,
+    txn: Transaction,
+    taken: tuple[TransactionHistory, list[dict[str, object]]],
+    answer: Answer,
+    *,
+    unchanged_from: dict[str, object] | None = None,
+) -> Answer | None:
+    """The row, its history, its event and the key's answer in one statement, then the commit;
+    None (nothing written, nothing committed) when `unchanged_from` no longer matches."""
     history, rows = taken
     finished = await repo.record_outcome(
         session,
@@ -666,9 +669,10 @@ async def _finish_move(
         history,
         rows[0] if rows else None,
         idempotency.finish_params(claimed, answer),
+        unchanged_from=unchanged_from,
     )
-    if finished is None:  # pragma: no cover - the row is locked, and never deleted
-        raise RuntimeError(f"transaction {txn.id} vanished under its lock")
+    if finished is None:
+        return None
     # Written by that statement: the commit must not flush the row's changes a second time.
     session.expunge(txn)
     answer = await idempotency.answer_after_finish(session, claimed, answer, finished=finished)

@@ -65,6 +65,11 @@ def settings_endpoint_id(url: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, "fiat-onramp:partner-webhook:" + url)
 
 
+def settings_endpoints(settings: Settings) -> list[tuple[uuid.UUID, str]]:
+    """PARTNER_WEBHOOK_URLS as (id, url) rows."""
+    return [(settings_endpoint_id(u), u) for u in settings.partner_webhook_urls]
+
+
 def encode_event(event: dict[str, object]) -> bytes:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -222,9 +227,8 @@ class Dispatcher:
             return found
 
     async def sync_settings_endpoints(self, now: datetime) -> None:
-        endpoints = [(settings_endpoint_id(u), u) for u in self.settings.partner_webhook_urls]
         async with self.factory() as session:
-            await repo.sync_settings_endpoints(session, endpoints, now)
+            await repo.sync_settings_endpoints(session, settings_endpoints(self.settings), now)
             await session.commit()
 
     async def _fan_out(self, now: datetime) -> None:

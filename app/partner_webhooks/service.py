@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import MIN_WEBHOOK_KEY_BYTES, Settings, webhook_secret_key, webhook_url_problem
 from app.core.clock import db_now
 from app.partner_webhooks import repository as repo
-from app.partner_webhooks.dispatcher import settings_endpoint_id
+from app.partner_webhooks.dispatcher import settings_endpoints
 from app.partner_webhooks.errors import (
     EndpointNotFound,
     EventFiltered,
@@ -335,7 +335,7 @@ async def register_settings_endpoints(
     after whatever was written meanwhile) it would miss the events of the first requests of a
     busy start. Retiring endpoints no longer configured stays with that cycle. False (logged)
     when the database did not take it; the dispatcher's first cycle registers them then."""
-    endpoints = [(settings_endpoint_id(u), u) for u in settings.partner_webhook_urls]
+    endpoints = settings_endpoints(settings)
     if not endpoints:
         return True
     try:
