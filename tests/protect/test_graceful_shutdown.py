@@ -98,6 +98,11 @@ class Served:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except ConnectionRefusedError:
                 return time.monotonic()
+            except ConnectionResetError:
+                # Caught in the listener's backlog as it closed: neither accepted nor refused
+                # yet; the next attempt tells.
+                await asyncio.sleep(0.05)
+                continue
             writer.close()
             await asyncio.sleep(0.05)
         raise AssertionError("the public port still accepts connections")
